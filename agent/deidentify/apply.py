@@ -1,0 +1,375 @@
+"""Executing a compiled plan on one dataset, in one pass, at every depth.
+
+Elements the plan keeps are never decoded: pydicom writes them back from their raw bytes, which is
+most of what makes this faster than walking a fully decoded dataset.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from agent import __version__
+from agent.deidentify import dates
+from agent.deidentify.identifiers import SourceIdentifiers, collect
+from agent.deidentify.plan import Action, Op
+from agent.deidentify.profile import EDITION, Profile
+from agent.deidentify.pseudonym import Pseudonymiser
+from agent.keys import SiteKey
+from agent.quarantine import Reason, Refusal
+
+PIXEL_DATA = 0x7FE00010
+PATIENT_ID = 0x00100020
+SOP_INSTANCE_UID = 0x00080018
+IMPLEMENTATION_CLASS_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "urn:nmip-agent").int)
+IMPLEMENTATION_VERSION_NAME = ("NMIP_" + __version__.replace(".", "_"))[:16]
+
+_TEXT_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"}
+_BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"}
+_DUMMY: dict[str, Any] = {
+    "AE": "ANONYMIZED", "AS": "000Y", "CS": "ANONYMIZED", "DA": "19000101", "DS": "0",
+    "DT": "19000101000000", "IS": "0", "LO": "ANONYMIZED", "LT": "ANONYMIZED", "PN": "ANONYMIZED",
+    "SH": "ANONYMIZED", "ST": "ANONYMIZED", "TM": "000000", "UC": "ANONYMIZED", "UR": "urn:anonymized",
+    "UT": "ANONYMIZED", "FL": 0.0, "FD": 0.0, "SL": 0, "SS": 0, "SV": 0, "UL": 0, "US": 0, "UV": 0,
+    "AT": 0, "US or SS": 0,
+}  # fmt: skip
+_NO_OP = Action(Op.KEEP, "not in profile")
+
+
+class Refused(Exception):
+    """The instance cannot be de-identified safely; `reason` is a quarantine reason code."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(f"{refusal.reason.value}: {refusal.detail}")
+        self.refusal = refusal
+
+
+@dataclass
+class Change:
+    """One attribute's fate, for the dry-run report. Holds source values: stays on site."""
+
+    path: str
+    keyword: str
+    action: str
+    before: str
+    after: str | None  # None: removed
+
+
+@dataclass
+class DeidentifiedInstance:
+    """The result of de-identifying one dataset (modified in place) and what the gate needs."""
+
+    dataset: Dataset
+    source_patient_id: str
+    patient_pseudonym: str
+    identifiers: SourceIdentifiers
+    uid_map: dict[str, str] = field(default_factory=dict)
+    changes: list[Change] | None = None
+
+
+@dataclass
+class _Context:
+    offset: timedelta
+    patient_pseudonym: str
+    identifiers: SourceIdentifiers
+    uid_map: dict[str, str]
+    changes: list[Change] | None
+
+
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _vr_of(elem: DataElement | RawDataElement, tag: int) -> str:
+    """The element's VR, from the dictionary when the file (implicit VR) or the sender (UN) did not say."""
+    vr = elem.VR
+    if vr is None or (vr == "UN" and not tag >> 16 & 1):
+        try:
+            return str(dictionary_VR(tag))
+        except KeyError:
+            return "UN"
+    return str(vr)
+
+
+class Deidentifier:
+    """Applies one profile with one key; build it once per process and reuse it for every instance."""
+
+    def __init__(self, profile: Profile, key: SiteKey) -> None:
+        self.profile = profile
+        self.plan = profile.plan
+        self.pseudonyms = Pseudonymiser(key, profile.pseudonym)
+        self.key_id = key.key_id
+        self._method = [
+            f"nmip-agent {__version__}",
+            f"profile {profile.name} {profile.version}",
+            f"PS3.15 {EDITION}",
+            f"key {self.key_id}",
+        ]
+
+    def deidentify(self, ds: Dataset, *, record: bool = False) -> DeidentifiedInstance:
+        """De-identify `ds` in place; `record` keeps a per-attribute report for `check`."""
+        source_patient_id = str(ds.get(PATIENT_ID).value or "").strip() if PATIENT_ID in ds else ""
+        if not source_patient_id:
+            raise Refused(Refusal(Reason.NO_PATIENT_ID, "the instance has no Patient ID to derive a pseudonym from"))
+        identifiers = collect(ds, include_dates=not self.profile.dates_kept)
+        ctx = _Context(
+            offset=self.pseudonyms.date_offset(source_patient_id),
+            patient_pseudonym=self.pseudonyms.patient_pseudonym(source_patient_id),
+            identifiers=identifiers,
+            uid_map={},
+            changes=[] if record else None,
+        )
+        self._walk(ds, ctx, "", top=True)
+        self._mark(ds)
+        self._file_meta(ds, ctx)
+        return DeidentifiedInstance(
+            dataset=ds,
+            source_patient_id=source_patient_id,
+            patient_pseudonym=ctx.patient_pseudonym,
+            identifiers=identifiers,
+            uid_map=ctx.uid_map,
+            changes=ctx.changes,
+        )
+
+    # -- the walk ---------------------------------------------------------------------------
+
+    def _walk(self, ds: Dataset, ctx: _Context, path: str, *, top: bool = False) -> None:
+        """Apply the plan to every element of `ds`, recursing into the sequences it keeps."""
+        plan = self.plan
+        creators: dict[tuple[int, int], str] = {}
+        temporal: dict[int, tuple[str, Action]] = {}
+        removed_overlays: set[int] = set()
+        for tag in list(ds.keys()):
+            tag = int(tag)
+            group, element = tag >> 16, tag & 0xFFFF
+            if element == 0 or (top and tag > PIXEL_DATA):
+                # Group lengths are retired and recomputed; nothing may hide after the pixel data.
+                self._remove(ds, tag, ctx, path, Action(Op.REMOVE, "nmip-agent"))
+                continue
+            if group & 1:
+                if element <= 0xFF:
+                    if element >= 0x10:
+                        creators[(group, element)] = self._text(ds, tag)
+                    continue  # creators are decided once their blocks are known
+                action = plan.private_action(tag, creators.get((group, element >> 8)))
+            else:
+                action = plan.public_action(tag)
+            elem = ds.get_item(tag)
+            vr = _vr_of(elem, tag)
+            if action is None:
+                action = _NO_OP
+            op = action.op
+            if vr in ("DA", "TM") and op in (Op.SHIFT, Op.CLEAN):
+                temporal[tag] = (vr, action)
+                continue
+            if vr == "SQ" and op not in (Op.REMOVE, Op.BLANK):
+                self._sequence(ds, tag, ctx, path, action)
+                continue
+            if op is Op.KEEP:
+                if ctx.changes is not None:
+                    self._record(ds, tag, ctx, path, action, keep=True)
+                continue
+            self._apply(ds, tag, vr, action, ctx, path)
+            if op is Op.REMOVE and group & 0xFF01 == 0x6000 and element == 0x3000:
+                removed_overlays.add(group)
+        if temporal:
+            self._shift_temporal(ds, temporal, ctx, path)
+        for group in removed_overlays:
+            # The Overlay Plane Module requires Overlay Data: without it the group must go.
+            for tag in [int(t) for t in ds.keys() if t >> 16 == group]:
+                self._remove(ds, tag, ctx, path, Action(Op.REMOVE, "overlay data removed"))
+        self._private_creators(ds, creators, ctx, path)
+
+    def _private_creators(self, ds: Dataset, creators: dict[tuple[int, int], str], ctx: _Context, path: str) -> None:
+        """Keep a private creator only when its block is kept and still holds an element."""
+        for (group, block), creator in creators.items():
+            tag = group << 16 | block
+            survivors = any(
+                t >> 16 == group and (t & 0xFFFF) >> 8 == block for t in ds.keys() if t & 0xFFFF > 0xFF
+            )
+            if survivors and self.plan.keeps_private_block(group, creator):
+                if ctx.changes is not None:
+                    self._record(ds, tag, ctx, path, Action(Op.KEEP, "private creator of a kept block"), keep=True)
+            else:
+                self._remove(ds, tag, ctx, path, Action(Op.REMOVE, "private creator"))
+
+    def _sequence(self, ds: Dataset, tag: int, ctx: _Context, path: str, action: Action) -> None:
+        """A sequence kept, cleaned or dummied: its items stay, and the profile applies inside them."""
+        seq = ds[tag].value or []
+        if ctx.changes is not None:
+            ctx.changes.append(Change(path + _tag_text(tag), keyword_for_tag(tag) or "", action.label,
+                                      f"{len(seq)} item(s)", f"{len(seq)} item(s), each de-identified"))
+        for index, item in enumerate(seq):
+            self._walk(item, ctx, f"{path}{_tag_text(tag)}[{index}] > ")
+
+    def _apply(self, ds: Dataset, tag: int, vr: str, action: Action, ctx: _Context, path: str) -> None:
+        op = action.op
+        if op is Op.REMOVE:
+            self._remove(ds, tag, ctx, path, action)
+            return
+        before = self._text(ds, tag) if ctx.changes is not None or op in (Op.UID, Op.CLEAN, Op.SHIFT) else ""
+        if vr == "PN" and op is not Op.PATIENT_PSEUDONYM:
+            ctx.identifiers.add_person_name("person_name", before or self._text(ds, tag))
+        if op is Op.BLANK:
+            value: Any = None if vr not in _TEXT_VRS and vr not in ("DA", "TM", "DT", "AS", "DS", "IS", "UI") else ""
+        elif op is Op.DUMMY:
+            value = self._uids(before or self._text(ds, tag), ctx) if vr == "UI" else _DUMMY.get(vr)
+        elif op is Op.UID:
+            value = self._uids(before, ctx) if vr in ("UI", "UN") else _DUMMY.get(vr)
+        elif op is Op.PATIENT_PSEUDONYM:
+            value = ctx.patient_pseudonym
+        elif op is Op.ACCESSION_PSEUDONYM:
+            source = self._text(ds, tag) if not before else before
+            value = self.pseudonyms.accession_pseudonym(source) if source.strip() else ""
+        elif op is Op.LITERAL:
+            value = action.value
+        elif op in (Op.CLEAN, Op.SHIFT):
+            value = self._clean(before, vr, ctx)
+        else:  # pragma: no cover - every Op is handled above
+            raise AssertionError(op)
+        if value is None and op is not Op.BLANK:
+            # No valid replacement exists for this VR (binary, unknown): removal is the safe choice.
+            self._remove(ds, tag, ctx, path, action)
+            return
+        if vr == "UN" and isinstance(value, str):
+            ds[tag] = DataElement(tag, "UN", value.encode("ascii", "replace") + (b"\x00" if len(value) % 2 else b""))
+        else:
+            ds[tag] = DataElement(tag, vr, value)
+        if ctx.changes is not None:
+            ctx.changes.append(Change(path + _tag_text(tag), keyword_for_tag(tag) or "", action.label, before,
+                                      self._text(ds, tag)))
+
+    def _clean(self, before: str, vr: str, ctx: _Context) -> str | None:
+        """PS3.15 'clean': dates move by the patient's offset; text loses the source's identifiers."""
+        if vr == "DT":
+            return dates.shift_dt(before, ctx.offset) or ""
+        if vr in _TEXT_VRS:
+            return ctx.identifiers.redact(before)
+        if vr in _BINARY_VRS:
+            return None  # binary content cannot be cleaned: remove it
+        return before  # numbers carry no identifiers
+
+    def _uids(self, before: str, ctx: _Context) -> str:
+        out = []
+        for uid in before.split("\\"):
+            uid = uid.strip().strip("\x00")
+            if not uid:
+                continue
+            new = ctx.uid_map.get(uid)
+            if new is None:
+                new = ctx.uid_map[uid] = self.pseudonyms.uid(uid)
+                ctx.identifiers.add("uid", uid)
+            out.append(new)
+        return "\\".join(out)
+
+    def _shift_temporal(self, ds: Dataset, temporal: dict[int, tuple[str, Action]], ctx: _Context, path: str) -> None:
+        """Shift DA and TM values; a date and its paired time move together as one instant."""
+        done: set[int] = set()
+        for tag, (vr, action) in temporal.items():
+            if vr != "DA":
+                continue
+            time_tag = dates.DATE_TO_TIME.get(tag)
+            paired = time_tag if time_tag in temporal else None
+            da_before = self._text(ds, tag)
+            tm_before = self._text(ds, paired) if paired else None
+            if "\\" in da_before:  # several dates: each moves alone
+                new_da = "\\".join(dates.shift_da(d, ctx.offset) or "" for d in da_before.split("\\"))
+                new_tm = None
+            else:
+                new_da, new_tm = dates.shift_date_time(da_before, tm_before, ctx.offset)
+            self._set_temporal(ds, tag, "DA", da_before, new_da, action, ctx, path)
+            done.add(tag)
+            if paired is not None:
+                self._set_temporal(ds, paired, "TM", tm_before or "", new_tm, temporal[paired][1], ctx, path)
+                done.add(paired)
+        for tag, (vr, action) in temporal.items():
+            if tag not in done:
+                before = self._text(ds, tag)
+                new = "\\".join(dates.shift_time(t, ctx.offset) or "" for t in before.split("\\"))
+                self._set_temporal(ds, tag, vr, before, new, action, ctx, path)
+
+    def _set_temporal(self, ds: Dataset, tag: int, vr: str, before: str, after: str | None,
+                      action: Action, ctx: _Context, path: str) -> None:
+        # A value that is not a date cannot be shifted: it is emptied rather than kept as it was.
+        ds[tag] = DataElement(tag, vr, after or "")
+        if ctx.changes is not None:
+            ctx.changes.append(Change(path + _tag_text(tag), keyword_for_tag(tag) or "", action.label, before, after or ""))
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _text(ds: Dataset, tag: int) -> str:
+        """The element's value as text (raw bytes decoded as ASCII when pydicom cannot decode it)."""
+        try:
+            value = ds[tag].value
+        except Exception:
+            raw = ds.get_item(tag).value
+            return raw.decode("ascii", "replace") if isinstance(raw, bytes) else ""
+        if value is None:
+            return ""
+        if isinstance(value, bytes):
+            return value.decode("ascii", "replace").rstrip("\x00 ")
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            return "\\".join(str(v) for v in value)
+        return str(value)
+
+    def _remove(self, ds: Dataset, tag: int, ctx: _Context, path: str, action: Action) -> None:
+        if ctx.changes is not None:
+            self._record(ds, tag, ctx, path, action, keep=False)
+        del ds[tag]
+
+    def _record(self, ds: Dataset, tag: int, ctx: _Context, path: str, action: Action, *, keep: bool) -> None:
+        assert ctx.changes is not None
+        try:
+            elem = ds[tag]
+            before = f"{len(elem.value)} item(s)" if elem.VR == "SQ" else self._text(ds, tag)
+        except Exception:
+            before = "(unreadable value)"
+        if len(before) > 200:
+            before = before[:60] + f"... ({len(before)} characters)"
+        ctx.changes.append(Change(path + _tag_text(tag), keyword_for_tag(tag) or "", action.label, before,
+                                  before if keep else None))
+
+    # -- what every output carries ------------------------------------------------------------
+
+    def _mark(self, ds: Dataset) -> None:
+        """PS3.15 E.1.1: say that identity was removed, how, and what happened to dates."""
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = self._method
+        codes = Sequence()
+        for value, meaning in self.profile.method_codes:
+            item = Dataset()
+            item.CodeValue = value
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = meaning
+            codes.append(item)
+        ds.DeidentificationMethodCodeSequence = codes
+        ds.LongitudinalTemporalInformationModified = (
+            "UNMODIFIED" if self.profile.dates_kept else "MODIFIED" if self.profile.dates_shifted else "REMOVED"
+        )
+
+    def _file_meta(self, ds: Dataset, ctx: _Context) -> None:
+        """A new file meta group: only what PS3.10 requires, naming nmip-agent as the writer.
+
+        The sender's meta (source AE title, private information) is dropped, not cleaned.
+        """
+        old = getattr(ds, "file_meta", None) or FileMetaDataset()
+        syntax = old.get("TransferSyntaxUID")
+        if syntax is None:
+            implicit, _little = ds.original_encoding
+            syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = syntax
+        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+        ds.file_meta = meta

@@ -1,0 +1,223 @@
+"""Profiles: a YAML manifest naming deid recipes in order, compiled once into a `Plan`.
+
+The manifest is where a programme states what it accepts and how its pseudonyms look; the
+recipes say what happens to each attribute. See profiles/README.md.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydicom.uid import UID_dictionary
+
+from agent.deidentify.plan import Plan, RecipeLineError, compile_plan
+from agent.deidentify.pseudonym import PseudonymSettings
+from agent.errors import ProfileError
+
+#: Where `--profile NAME` looks; NMIP_AGENT_PROFILES points elsewhere (a site's own folder).
+PROFILES_DIR = Path(os.environ.get("NMIP_AGENT_PROFILES", Path(__file__).resolve().parents[2] / "profiles"))
+
+STANDARD_DIR = "ps3.15"
+BASIC = "basic"
+EDITION = "2026d"
+
+#: PS3.16 CID 7050 "De-identification Method": the code for the Basic Profile and each option.
+METHOD_CODES: dict[str, tuple[str, str]] = {
+    "basic": ("113100", "Basic Application Confidentiality Profile"),
+    "clean_graphics": ("113103", "Clean Graphics Option"),
+    "clean_structured_content": ("113104", "Clean Structured Content Option"),
+    "clean_descriptors": ("113105", "Clean Descriptors Option"),
+    "retain_longitudinal_full_dates": ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),
+    "retain_longitudinal_modified_dates": (
+        "113107",
+        "Retain Longitudinal Temporal Information Modified Dates Option",
+    ),
+    "retain_patient_characteristics": ("113108", "Retain Patient Characteristics Option"),
+    "retain_device_identity": ("113109", "Retain Device Identity Option"),
+    "retain_uids": ("113110", "Retain UIDs Option"),
+    "retain_safe_private": ("113111", "Retain Safe Private Option"),
+    "retain_institution_identity": ("113112", "Retain Institution Identity Option"),
+}
+
+_MANIFEST_KEYS = {"name", "version", "description", "recipes", "pseudonym", "sop_classes"}
+_PSEUDONYM_KEYS = {"prefix", "length", "date_shift_days"}
+_STORAGE_NAMES = {info[0]: uid for uid, info in UID_dictionary.items() if info[1] == "SOP Class"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A loaded profile: its identity, its compiled plan and the programme's settings."""
+
+    name: str
+    version: str
+    description: str
+    manifest: Path
+    recipes: tuple[Path, ...]
+    options: tuple[str, ...]
+    plan: Plan
+    pseudonym: PseudonymSettings
+    sop_classes: frozenset[str]
+
+    @property
+    def method_codes(self) -> list[tuple[str, str]]:
+        """The CID 7050 codes of the Basic Profile and the options applied, in that order."""
+        return [METHOD_CODES[BASIC]] + [METHOD_CODES[o] for o in self.options]
+
+    @property
+    def dates_kept(self) -> bool:
+        return "retain_longitudinal_full_dates" in self.options
+
+    @property
+    def dates_shifted(self) -> bool:
+        return "retain_longitudinal_modified_dates" in self.options
+
+    @property
+    def uids_kept(self) -> bool:
+        return "retain_uids" in self.options
+
+
+def resolve(name_or_path: str) -> Path:
+    """`nccid` -> profiles/nccid.yaml; a path to a .yaml file is taken as it is."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        return candidate
+    return PROFILES_DIR / f"{name_or_path}.yaml"
+
+
+def available() -> list[str]:
+    """Names of the profiles shipped in the profiles folder."""
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def load(name_or_path: str) -> Profile:
+    """Load and compile a profile; every problem is a ProfileError naming the file and key."""
+    manifest = resolve(name_or_path)
+    if not manifest.is_file():
+        known = ", ".join(available()) or "none"
+        raise ProfileError(f"profile {name_or_path!r}: no such profile ({manifest}); shipped profiles: {known}")
+    try:
+        data = yaml.safe_load(manifest.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{manifest}: not valid YAML ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"{manifest}: expected a mapping with keys {sorted(_MANIFEST_KEYS)}")
+    unknown = set(data) - _MANIFEST_KEYS
+    if unknown:
+        raise ProfileError(f"{manifest}: unknown key(s) {sorted(unknown)}; expected {sorted(_MANIFEST_KEYS)}")
+    name = _string(data, "name", manifest)
+    recipe_names = data.get("recipes")
+    if not isinstance(recipe_names, list) or not recipe_names or not all(isinstance(r, str) for r in recipe_names):
+        raise ProfileError(f"{manifest}: recipes: a list of recipe files, relative to {manifest.parent}")
+    recipes = tuple(manifest.parent / r for r in recipe_names)
+    options = _options(recipe_names, manifest)
+    plan = _compile(recipes, manifest)
+    return Profile(
+        name=name,
+        version=str(data.get("version", "0")),
+        description=str(data.get("description", "")).strip(),
+        manifest=manifest,
+        recipes=recipes,
+        options=options,
+        plan=plan,
+        pseudonym=_pseudonym(data.get("pseudonym") or {}, manifest),
+        sop_classes=_sop_classes(data.get("sop_classes", "all-storage"), manifest),
+    )
+
+
+def _string(data: dict[str, Any], key: str, manifest: Path) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ProfileError(f"{manifest}: {key}: a non-empty string")
+    return value.strip()
+
+
+def _options(recipe_names: list[str], manifest: Path) -> tuple[str, ...]:
+    """The PS3.15 options applied, read from the standard recipes the manifest lists."""
+    standard = [Path(r).name.removeprefix("deid.") for r in recipe_names if Path(r).parent.name == STANDARD_DIR]
+    if not standard or standard[0] != BASIC:
+        raise ProfileError(f"{manifest}: recipes: must start with {STANDARD_DIR}/deid.{BASIC} (the Basic Profile)")
+    options = tuple(s for s in standard[1:])
+    for option in options:
+        if option not in METHOD_CODES:
+            raise ProfileError(f"{manifest}: recipes: {STANDARD_DIR}/deid.{option} is not a PS3.15 option")
+    if {"retain_longitudinal_full_dates", "retain_longitudinal_modified_dates"} <= set(options):
+        raise ProfileError(f"{manifest}: recipes: the two Retain Longitudinal options exclude each other (PS3.15 E.3.6)")
+    return options
+
+
+def _parse_recipe(path: Path) -> list[dict[str, str]]:
+    """Parse one recipe with deid, turning its exits and chatter into a ProfileError."""
+    from deid.config import DeidRecipe  # deferred: deid's import is slow and only needed here
+    from deid.logger import bot
+
+    # deid's logger binds sys.stdout/stderr when imported and prints every line it parses.
+    sink = io.StringIO()
+    streams = bot.outputStream, bot.errorStream
+    bot.outputStream = bot.errorStream = sink
+    try:
+        with redirect_stdout(sink), redirect_stderr(sink):
+            recipe = DeidRecipe(str(path), base=False)
+    except SystemExit:
+        detail = sink.getvalue().strip().splitlines()
+        raise ProfileError(f"{path}: deid cannot parse this recipe: {detail[-1] if detail else 'no detail'}") from None
+    finally:
+        bot.outputStream, bot.errorStream = streams
+    if recipe.deid is None:
+        raise ProfileError(f"{path}: empty recipe (expected FORMAT dicom and a %header section)")
+    return [dict(line) for line in recipe.get_actions()]
+
+
+def _compile(recipes: tuple[Path, ...], manifest: Path) -> Plan:
+    parsed = []
+    for path in recipes:
+        if not path.is_file():
+            raise ProfileError(f"{manifest}: recipes: {path} does not exist")
+        parsed.append((path.name, _parse_recipe(path)))
+    try:
+        return compile_plan(parsed)
+    except RecipeLineError as exc:
+        raise ProfileError(f"{manifest}: {exc}") from None
+
+
+def _pseudonym(section: Any, manifest: Path) -> PseudonymSettings:
+    if not isinstance(section, dict) or set(section) - _PSEUDONYM_KEYS:
+        raise ProfileError(f"{manifest}: pseudonym: a mapping with keys {sorted(_PSEUDONYM_KEYS)}")
+    shift = section.get("date_shift_days", {})
+    if not isinstance(shift, dict) or set(shift) - {"min", "max"}:
+        raise ProfileError(f"{manifest}: pseudonym.date_shift_days: a mapping with keys min and max")
+    defaults = PseudonymSettings()
+    try:
+        settings = PseudonymSettings(
+            prefix=str(section.get("prefix", defaults.prefix)),
+            length=int(section.get("length", defaults.length)),
+            date_shift_min_days=int(shift.get("min", defaults.date_shift_min_days)),
+            date_shift_max_days=int(shift.get("max", defaults.date_shift_max_days)),
+        )
+    except (TypeError, ValueError):
+        raise ProfileError(f"{manifest}: pseudonym: length and date_shift_days must be integers") from None
+    problems = settings.problems()
+    if problems:
+        raise ProfileError(f"{manifest}: {problems[0]}")
+    return settings
+
+
+def _sop_classes(value: Any, manifest: Path) -> frozenset[str]:
+    """Accepted SOP classes: UIDs or pydicom names; `all-storage` is every storage class pydicom knows."""
+    if value == "all-storage":
+        return frozenset(uid for name, uid in _STORAGE_NAMES.items() if name.endswith("Storage"))
+    if not isinstance(value, list) or not value:
+        raise ProfileError(f"{manifest}: sop_classes: 'all-storage' or a list of SOP Class UIDs or names")
+    out = set()
+    for item in value:
+        text = str(item).strip()
+        uid = _STORAGE_NAMES.get(text, text)
+        if uid not in UID_dictionary or UID_dictionary[uid][1] != "SOP Class":
+            raise ProfileError(f"{manifest}: sop_classes: {text!r} is not a SOP Class UID or name pydicom knows")
+        out.add(uid)
+    return frozenset(out)

@@ -1,0 +1,72 @@
+"""Quarantine: where an instance that must not leave goes, with a machine-readable reason.
+
+The quarantine is on site and holds the identifiable source, so a reviewer can look at it and an
+operator can release it after a profile fix. Its file names are opaque keyed hashes.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+class Reason(str, enum.Enum):
+    """Why an instance was refused. The value is the stable code scripts and reports use."""
+
+    UNKNOWN_SOP_CLASS = "unknown_sop_class"
+    ENCAPSULATED_DOCUMENT = "encapsulated_document"
+    BURNED_IN_ANNOTATION = "burned_in_annotation"
+    BURNED_IN_RISK = "burned_in_risk"
+    NO_PATIENT_ID = "no_patient_id"
+    RESIDUAL_IDENTIFIER = "residual_identifier"
+    INVALID_OUTPUT = "invalid_output"
+    DEIDENTIFICATION_FAILED = "deidentification_failed"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The gate's verdict against an instance: a reason code and a detail without any identifier."""
+
+    reason: Reason
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"reason": self.reason.value, "detail": self.detail}
+
+
+def write_atomically(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    """Write `path` so that it appears whole or not at all (temp file in the same folder, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def quarantine(folder: Path, opaque_name: str, source: bytes, refusal: Refusal, *, profile: str) -> Path:
+    """Store the identifiable source as `<opaque>.dcm` with `<opaque>.json` stating why."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    record = {
+        **refusal.as_dict(),
+        "profile": profile,
+        "quarantined_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "file": f"{opaque_name}.dcm",
+    }
+    write_atomically(folder / f"{opaque_name}.dcm", source)
+    write_atomically(folder / f"{opaque_name}.json", (json.dumps(record, indent=2) + "\n").encode())
+    return folder / f"{opaque_name}.json"
