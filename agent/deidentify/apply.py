@@ -32,6 +32,7 @@ SOP_INSTANCE_UID = 0x00080018
 IMPLEMENTATION_CLASS_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "urn:nmip-agent").int)
 IMPLEMENTATION_VERSION_NAME = ("NMIP_" + __version__.replace(".", "_"))[:16]
 
+_ASCII_VRS = {"AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
 _TEXT_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"}
 _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"}
 _DUMMY: dict[str, Any] = {
@@ -307,11 +308,18 @@ class Deidentifier:
 
     @staticmethod
     def _text(ds: Dataset, tag: int) -> str:
-        """The element's value as text (raw bytes decoded as ASCII when pydicom cannot decode it)."""
+        """The element's value as text.
+
+        Values of VRs that are ASCII by definition are decoded straight from their raw bytes:
+        pydicom's full conversion is most of the cost of a de-identification pass.
+        """
+        elem = ds.get_item(tag)
+        if isinstance(elem, RawDataElement) and elem.VR in _ASCII_VRS and isinstance(elem.value, bytes):
+            return elem.value.decode("ascii", "replace").strip("\x00 ")
         try:
             value = ds[tag].value
         except Exception:
-            raw = ds.get_item(tag).value
+            raw = elem.value
             return raw.decode("ascii", "replace") if isinstance(raw, bytes) else ""
         if value is None:
             return ""
@@ -342,19 +350,18 @@ class Deidentifier:
 
     def _mark(self, ds: Dataset) -> None:
         """PS3.15 E.1.1: say that identity was removed, how, and what happened to dates."""
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = self._method
+        ds[0x00120062] = DataElement(0x00120062, "CS", "YES")  # PatientIdentityRemoved
+        ds[0x00120063] = DataElement(0x00120063, "LO", self._method)  # DeidentificationMethod
         codes = Sequence()
         for value, meaning in self.profile.method_codes:
             item = Dataset()
-            item.CodeValue = value
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning
+            item[0x00080100] = DataElement(0x00080100, "SH", value)  # CodeValue
+            item[0x00080102] = DataElement(0x00080102, "SH", "DCM")  # CodingSchemeDesignator
+            item[0x00080104] = DataElement(0x00080104, "LO", meaning)  # CodeMeaning
             codes.append(item)
-        ds.DeidentificationMethodCodeSequence = codes
-        ds.LongitudinalTemporalInformationModified = (
-            "UNMODIFIED" if self.profile.dates_kept else "MODIFIED" if self.profile.dates_shifted else "REMOVED"
-        )
+        ds[0x00120064] = DataElement(0x00120064, "SQ", codes)  # DeidentificationMethodCodeSequence
+        temporal = "UNMODIFIED" if self.profile.dates_kept else "MODIFIED" if self.profile.dates_shifted else "REMOVED"
+        ds[0x00280303] = DataElement(0x00280303, "CS", temporal)  # LongitudinalTemporalInformationModified
 
     def _file_meta(self, ds: Dataset, ctx: _Context) -> None:
         """A new file meta group: only what PS3.10 requires, naming nmip-agent as the writer.

@@ -59,7 +59,7 @@ class Pseudonymiser:
         self.settings = settings
         self._domains = {
             name: hmac.new(key.secret, b"nmip-agent/" + name.encode() + b"\x00", hashlib.sha256)
-            for name in ("patient", "accession", "uid", "date-offset")
+            for name in ("patient", "accession", "uid", "date-offset", "file-name")
         }
 
     def _mac(self, domain: str, value: str) -> bytes:
@@ -80,6 +80,10 @@ class Pseudonymiser:
         """`2.25.` + the decimal of 128 bits of the MAC: at most 44 characters, valid per PS3.5 9.1."""
         digest = self._mac("uid", source_uid.strip().rstrip("\x00"))
         return "2.25." + str(int.from_bytes(digest[:16], "big"))
+
+    def opaque_name(self, source_value: str) -> str:
+        """A file name for something identifiable (quarantine, spool): 32 hex digits, keyed."""
+        return self._mac("file-name", source_value.strip()).hex()[:32]
 
     def date_offset(self, source_patient_id: str) -> timedelta:
         """The patient's time shift: whole days in the configured range plus a time of day.

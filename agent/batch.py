@@ -1,0 +1,180 @@
+"""`nmip-agent anonymise`: a folder of files de-identified on both cores, streaming.
+
+Paths are walked lazily and at most a few per worker are in flight, so memory does not grow
+with the number of files. Each worker builds its processor once; the parent only counts,
+reports and writes the crosswalk.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.deidentify import load_profile
+from agent.errors import UnreadableInput
+from agent.keys import load_key_file
+from agent.process import InstanceProcessor
+from agent.quarantine import quarantine, write_atomically
+
+_IN_FLIGHT_PER_WORKER = 8
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """What a worker sends back for one input file (small: it crosses a process boundary)."""
+
+    path: str
+    status: str  # written | quarantined | unreadable | skipped
+    detail: str = ""
+    output: str = ""
+    patient: tuple[str, str] | None = None  # (source id, pseudonym): crosswalk, stays on site
+    uids: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class Summary:
+    written: int = 0
+    quarantined: int = 0
+    unreadable: int = 0
+    skipped: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, report: FileReport) -> None:
+        setattr(self, report.status, getattr(self, report.status) + 1)
+        if report.status == "quarantined":
+            code = report.detail.split(":", 1)[0]
+            self.reasons[code] = self.reasons.get(code, 0) + 1
+
+
+@dataclass(frozen=True)
+class Job:
+    output_dir: Path
+    quarantine_dir: Path
+    crosswalk: bool
+
+
+_processor: InstanceProcessor | None = None
+_job: Job | None = None
+
+
+def _init_worker(profile: str, key_file: Path, job: Job) -> None:
+    global _processor, _job
+    _processor = InstanceProcessor(load_profile(profile), load_key_file(key_file))
+    _job = job
+
+
+def process_file(path: str) -> FileReport:
+    """De-identify one file into the output folder or the quarantine (runs in a worker)."""
+    assert _processor is not None and _job is not None
+    if Path(path).name.upper() == "DICOMDIR":
+        return FileReport(path, "skipped", "DICOMDIR (its records hold identifiers)")
+    try:
+        data = Path(path).read_bytes()
+        outcome = _processor.process(data, path)
+    except UnreadableInput as exc:
+        return FileReport(path, "unreadable", str(exc))
+    except OSError as exc:
+        return FileReport(path, "unreadable", f"{path}: cannot read ({exc.strerror})")
+    if outcome.status == "skipped":
+        return FileReport(path, "skipped", outcome.skip_reason)
+    if outcome.status == "quarantined":
+        assert outcome.refusal is not None
+        quarantine(_job.quarantine_dir, outcome.opaque_name, data, outcome.refusal, profile=_processor.profile.name)
+        return FileReport(path, "quarantined", f"{outcome.refusal.reason.value}: {outcome.refusal.detail}",
+                          output=outcome.opaque_name)
+    assert outcome.result is not None and outcome.encoded is not None
+    write_atomically(_job.output_dir / outcome.relative_path, outcome.encoded)
+    result = outcome.result
+    return FileReport(
+        path, "written", output=str(outcome.relative_path),
+        patient=(result.source_patient_id, result.patient_pseudonym) if _job.crosswalk else None,
+        uids=tuple(result.uid_map.items()) if _job.crosswalk else (),
+    )
+
+
+def iter_files(root: Path) -> Iterator[str]:
+    """Every regular file under `root`, in a stable order, lazily."""
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            yield os.path.join(folder, name)
+
+
+def count_files(root: Path) -> int:
+    return sum(1 for _ in iter_files(root))
+
+
+class Crosswalk:
+    """`uid_mapping.csv` and `patid_mapping.csv` (`id_old,id_new`, the MIDI-B format), mode 0600."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._files = {}
+        self._writers = {}
+        self._seen: dict[str, set[str]] = {"uid": set(), "patid": set()}
+        for kind in ("uid", "patid"):
+            path = folder / f"{kind}_mapping.csv"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self._files[kind] = os.fdopen(fd, "w", newline="", encoding="utf-8")
+            self._writers[kind] = csv.writer(self._files[kind])
+            self._writers[kind].writerow(["id_old", "id_new"])
+
+    def add(self, report: FileReport) -> None:
+        if report.patient is not None:
+            self._row("patid", *report.patient)
+        for old, new in report.uids:
+            self._row("uid", old, new)
+
+    def _row(self, kind: str, old: str, new: str) -> None:
+        if old not in self._seen[kind]:
+            self._seen[kind].add(old)
+            self._writers[kind].writerow([old, new])
+
+    def close(self) -> None:
+        for fh in self._files.values():
+            fh.close()
+
+
+def anonymise(
+    input_dir: Path,
+    output_dir: Path,
+    *,
+    profile: str,
+    key_file: Path,
+    quarantine_dir: Path,
+    crosswalk_dir: Path | None = None,
+    workers: int | None = None,
+    on_report: Callable[[FileReport], None] = lambda report: None,
+) -> Summary:
+    """De-identify every file under `input_dir`; `on_report` is called as each file finishes."""
+    workers = workers or os.cpu_count() or 1
+    job = Job(output_dir=output_dir, quarantine_dir=quarantine_dir, crosswalk=crosswalk_dir is not None)
+    summary = Summary()
+    crosswalk = Crosswalk(crosswalk_dir) if crosswalk_dir is not None else None
+    paths = iter_files(input_dir)
+    try:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(profile, key_file, job)) as pool:
+            pending: set[Future[FileReport]] = set()
+            exhausted = False
+            while pending or not exhausted:
+                while not exhausted and len(pending) < workers * _IN_FLIGHT_PER_WORKER:
+                    path = next(paths, None)
+                    if path is None:
+                        exhausted = True
+                    else:
+                        pending.add(pool.submit(process_file, path))
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    report = future.result()
+                    summary.add(report)
+                    if crosswalk is not None:
+                        crosswalk.add(report)
+                    on_report(report)
+    finally:
+        if crosswalk is not None:
+            crosswalk.close()
+    return summary

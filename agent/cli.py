@@ -1,0 +1,197 @@
+"""The `nmip-agent` command line. Each command parses, calls the stages, and reports.
+
+Exit codes: 0 success; 1 an instance was (or would be) quarantined, or a file was unreadable
+during a batch; 2 a usage error, an unreadable input for `check`, or a bad key or profile.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from agent import __version__
+from agent.errors import AgentError, UnreadableInput, UsageError
+from agent.keys import init_key_file, load_key_file
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="On-site DICOM de-identification agent.")
+keys_app = typer.Typer(no_args_is_help=True, help="Create and inspect the site's pseudonymisation key.")
+app.add_typer(keys_app, name="keys")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+KeyFile = Annotated[Path, typer.Option("--key-file", help="The site key (see `nmip-agent keys init`).")]
+ProfileName = Annotated[str, typer.Option("--profile", help="A profile name in profiles/, or a manifest .yaml path.")]
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"nmip-agent {__version__}")
+        raise typer.Exit(0)
+
+
+@keys_app.command("init")
+def keys_init(key_file: KeyFile) -> None:
+    """Write a new 256-bit key (mode 0600). Refuses to overwrite an existing file."""
+    key = init_key_file(key_file)
+    out.print(f"wrote {key_file} (key id {key.key_id}); keep it secret and back it up: "
+              "without it, pseudonyms cannot be reproduced")
+
+
+@keys_app.command("id")
+def keys_id(key_file: KeyFile) -> None:
+    """Print the key id (the non-secret fingerprint recorded in every output)."""
+    out.print(load_key_file(key_file).key_id)
+
+
+@app.command()
+def check(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files to dry-run.")],
+    profile: ProfileName,
+    key_file: KeyFile,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    changed_only: Annotated[bool, typer.Option("--changed-only", help="Hide attributes kept as they were.")] = False,
+) -> None:
+    """Dry run: show, attribute by attribute, what would leave the hospital, and the gate's verdict.
+
+    Exit 0 when every file would pass, 1 when any would be quarantined, 2 on usage or unreadable input.
+    """
+    from agent.deidentify import load_profile
+    from agent.process import InstanceProcessor
+
+    processor = InstanceProcessor(load_profile(profile), load_key_file(key_file))
+    reports = []
+    worst = 0
+    for path in paths:
+        report = _check_one(processor, path, changed_only)
+        worst = max(worst, {"pass": 0, "quarantine": 1, "skipped": 0}.get(report["verdict"], 2))
+        reports.append(report)
+        if not as_json:
+            _print_report(report)
+    if as_json:
+        out.print_json(data={"profile": processor.profile.name, "key_id": processor.deidentifier.key_id,
+                             "files": reports})
+    raise typer.Exit(worst)
+
+
+def _check_one(processor: Any, path: Path, changed_only: bool) -> dict[str, Any]:
+    try:
+        outcome = processor.process(path.read_bytes(), path, record=True)
+    except OSError as exc:
+        return {"file": str(path), "verdict": "unreadable", "detail": f"cannot read ({exc.strerror})"}
+    except UnreadableInput as exc:
+        return {"file": str(path), "verdict": "unreadable", "detail": str(exc)}
+    report: dict[str, Any] = {"file": str(path)}
+    if outcome.status == "skipped":
+        return {**report, "verdict": "skipped", "detail": outcome.skip_reason}
+    if outcome.status == "passed":
+        report.update(verdict="pass", output=str(outcome.relative_path))
+    else:
+        report.update(verdict="quarantine", reason=outcome.refusal.reason.value, detail=outcome.refusal.detail)
+    changes = outcome.result.changes if outcome.result is not None else []
+    report["attributes"] = [
+        {"attribute": c.path, "keyword": c.keyword, "action": c.action, "before": c.before, "after": c.after}
+        for c in changes or []
+        if not (changed_only and c.after == c.before)
+    ]
+    return report
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    out.rule(escape(report["file"]))
+    if report.get("attributes"):
+        table = Table(show_lines=False, header_style="bold")
+        for column in ("Attribute", "Action", "Before", "After"):
+            table.add_column(column, overflow="fold")
+        for row in report["attributes"]:
+            after = "[dim](removed)[/dim]" if row["after"] is None else escape(row["after"])
+            name = f"{row['attribute']} {row['keyword']}".strip()
+            table.add_row(escape(name), escape(row["action"]), escape(row["before"]), after)
+        out.print(table)
+    verdict = report["verdict"]
+    if verdict == "pass":
+        out.print(f"[green]PASS[/green]: would be released as {escape(report['output'])}")
+    elif verdict == "quarantine":
+        out.print(f"[red]QUARANTINE[/red] ({report['reason']}): {escape(report['detail'])}")
+    else:
+        out.print(f"[yellow]{verdict.upper()}[/yellow]: {escape(report['detail'])}")
+
+
+@app.command()
+def anonymise(
+    input_dir: Annotated[Path, typer.Argument(help="Folder of DICOM files (searched recursively).")],
+    output_dir: Annotated[Path, typer.Argument(help="Where de-identified files go, named by pseudonyms only.")],
+    profile: ProfileName,
+    key_file: KeyFile,
+    crosswalk: Annotated[Optional[Path], typer.Option("--crosswalk", help="Write uid_mapping.csv and patid_mapping.csv here (identifiable: keep on site).")] = None,
+    quarantine_dir: Annotated[Path, typer.Option("--quarantine", help="Where refused instances go, with their reasons.")] = Path("quarantine"),
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Worker processes (default: one per core).")] = None,
+) -> None:
+    """De-identify a folder in batch, in parallel, with a progress bar and a summary."""
+    from agent import batch
+    from agent.deidentify import load_profile
+
+    if not input_dir.is_dir():
+        raise UsageError(f"{input_dir}: not a folder")
+    resolved_in, resolved_out = input_dir.resolve(), output_dir.resolve()
+    for other in (resolved_out, quarantine_dir.resolve()) + ((crosswalk.resolve(),) if crosswalk else ()):
+        if other == resolved_in or resolved_in in other.parents:
+            raise UsageError(f"{other}: must not be inside the input folder {input_dir}")
+    load_profile(profile)  # fail here, once, rather than in every worker
+    load_key_file(key_file)
+    total = batch.count_files(input_dir)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=False) as progress:
+        task = progress.add_task("de-identifying", total=total)
+
+        def on_report(report: batch.FileReport) -> None:
+            progress.advance(task)
+            if report.status == "unreadable":
+                progress.console.print(f"[yellow]skipped unreadable[/yellow] {escape(report.detail)}")
+            elif report.status == "skipped":
+                progress.console.print(f"skipped {escape(report.path)}: {escape(report.detail)}")
+
+        summary = batch.anonymise(input_dir, output_dir, profile=profile, key_file=key_file,
+                                  quarantine_dir=quarantine_dir, crosswalk_dir=crosswalk, workers=workers,
+                                  on_report=on_report)
+    out.print(f"written {summary.written}, quarantined {summary.quarantined}, unreadable {summary.unreadable}"
+              + (f", skipped {summary.skipped}" if summary.skipped else ""))
+    for code, count in sorted(summary.reasons.items()):
+        out.print(f"  quarantined {count}: {code} (see {quarantine_dir})")
+    raise typer.Exit(1 if summary.quarantined or summary.unreadable else 0)
+
+
+def main() -> None:
+    """Entry point: one place turns every AgentError into its message and exit code."""
+    try:
+        app(standalone_mode=False)
+    except AgentError as exc:
+        err.print(f"nmip-agent: {escape(str(exc))}")
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("nmip-agent: interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

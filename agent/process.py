@@ -1,0 +1,98 @@
+"""One instance through the stages: read, screen, de-identify, encode, verify.
+
+`check`, `anonymise` and (later) the daemon all call `InstanceProcessor.process`, so what the
+dry run shows is exactly what the service would release.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from agent.deidentify import DeidentifiedInstance, Deidentifier, Profile, Refused
+from agent.errors import UnreadableInput
+from agent.keys import SiteKey
+from agent.quarantine import Reason, Refusal
+from agent.verify import screen, verify_output
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+Status = Literal["passed", "quarantined", "skipped"]
+
+
+@dataclass
+class Outcome:
+    """What became of one source instance. `encoded` is set only when the gate passed it."""
+
+    status: Status
+    refusal: Refusal | None = None
+    result: DeidentifiedInstance | None = None
+    encoded: bytes | None = None
+    opaque_name: str = ""
+    skip_reason: str = ""
+
+    @property
+    def relative_path(self) -> Path:
+        """Where the output goes: pseudonymous identifiers only, never anything of the input path."""
+        assert self.result is not None
+        ds = self.result.dataset
+        return Path(self.result.patient_pseudonym, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
+                    f"{ds.SOPInstanceUID}.dcm")
+
+
+def read_dataset(data: bytes, where: object) -> Dataset:
+    """Parse a DICOM file (Part 10, or a bare dataset as some old exports write them)."""
+    try:
+        return dcmread(io.BytesIO(data))
+    except InvalidDicomError:
+        pass
+    except Exception as exc:  # pydicom raises many types, and its messages can quote values
+        raise UnreadableInput(where, exc) from None
+    try:
+        ds = dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:
+        raise UnreadableInput(where, exc) from None
+    if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+        raise UnreadableInput(where, "no DICOM preamble and no SOP Class/Instance UID")
+    return ds
+
+
+class InstanceProcessor:
+    """Built once per process (it compiles the profile's key material); `process` per instance."""
+
+    def __init__(self, profile: Profile, key: SiteKey) -> None:
+        self.profile = profile
+        self.deidentifier = Deidentifier(profile, key)
+
+    def process(self, data: bytes, where: object, *, record: bool = False) -> Outcome:
+        """Run `data` (the source file's bytes) through every stage; raises UnreadableInput only."""
+        ds = read_dataset(data, where)
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None and meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
+            return Outcome("skipped", skip_reason="DICOMDIR (its records hold identifiers)")
+        if "SOPInstanceUID" not in ds:
+            raise UnreadableInput(where, "no SOP Instance UID")
+        opaque = self.deidentifier.pseudonyms.opaque_name(str(ds.SOPInstanceUID))
+        refusal = screen(ds, self.profile)
+        if refusal is not None and not record:
+            return Outcome("quarantined", refusal=refusal, opaque_name=opaque)
+        try:
+            result = self.deidentifier.deidentify(ds, record=record)
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            encoded = buffer.getvalue()
+        except Refused as exc:
+            return Outcome("quarantined", refusal=refusal or exc.refusal, opaque_name=opaque)
+        except Exception as exc:  # a dataset the engine could not handle must not leave
+            failed = Refusal(Reason.DEIDENTIFICATION_FAILED, f"{type(exc).__name__} while de-identifying")
+            return Outcome("quarantined", refusal=refusal or failed, opaque_name=opaque)
+        refusal = refusal or verify_output(encoded, result, self.profile)
+        if refusal is not None:
+            return Outcome("quarantined", refusal=refusal, result=result, opaque_name=opaque)
+        return Outcome("passed", result=result, encoded=encoded, opaque_name=opaque)
