@@ -130,7 +130,7 @@ def _identity_checks(out: Dataset, result: DeidentifiedInstance, profile: Profil
     """What must hold of every output, whatever the identifiers were."""
     if str(out.get("PatientIdentityRemoved", "")) != "YES":
         return Refusal(Reason.INVALID_OUTPUT, "PatientIdentityRemoved is not YES")
-    for keyword in ("PatientID", "OtherPatientIDs", "AccessionNumber"):
+    for keyword in ("PatientID", "OtherPatientIDs", "AccessionNumber", "StudyID"):
         value = str(out.get(keyword, "") or "").strip().lower()
         if value and value == result.source_patient_id.lower():
             return Refusal(Reason.RESIDUAL_IDENTIFIER, f"patient_id found in {keyword}")

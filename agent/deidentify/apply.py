@@ -43,6 +43,8 @@ _DUMMY: dict[str, Any] = {
     "AT": 0, "US or SS": 0,
 }  # fmt: skip
 _NO_OP = Action(Op.KEEP, "not in profile")
+_CLEAN_NESTED = Action(Op.CLEAN, "not in profile, inside a sequence")
+_FREE_TEXT_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}
 
 
 class Refused(Exception):
@@ -166,7 +168,9 @@ class Deidentifier:
             elem = ds.get_item(tag)
             vr = _vr_of(elem, tag)
             if action is None:
-                action = _NO_OP
+                # Inside a sequence, text the profile does not name is cleaned rather than kept:
+                # PS3.15 keeps a sequence "cleaned", and free text in items is where leaks hide.
+                action = _CLEAN_NESTED if path and vr in _FREE_TEXT_VRS else _NO_OP
             op = action.op
             if vr in ("DA", "TM") and op in (Op.SHIFT, Op.CLEAN):
                 temporal[tag] = (vr, action)
@@ -179,7 +183,7 @@ class Deidentifier:
                     self._record(ds, tag, ctx, path, action, keep=True)
                 continue
             self._apply(ds, tag, vr, action, ctx, path)
-            if op is Op.REMOVE and group & 0xFF01 == 0x6000 and element == 0x3000:
+            if group & 0xFF01 == 0x6000 and element == 0x3000 and tag not in ds:
                 removed_overlays.add(group)
         if temporal:
             self._shift_temporal(ds, temporal, ctx, path)

@@ -106,9 +106,11 @@ def shift_dt(value: str, offset: timedelta) -> str | None:
     yyyy, mo, dd, hh, mi, ss, frac, zone = match.groups()
     parts = [yyyy, mo, dd, hh, mi, ss]
     precision = sum(p is not None for p in parts)
+    # Missing parts are taken at their middle (July, the 15th, noon), as a date alone is taken
+    # at noon, so a partial value moves to where its full form would most likely move.
     try:
         moment = datetime(
-            int(yyyy), int(mo or 1), int(dd or 1), int(hh or (12 if dd and not hh else 0)),
+            int(yyyy), int(mo or 7), int(dd or 15), int(hh or 12),
             int(mi or 0), min(int(ss or 0), 59), int((frac or ".0")[1:].ljust(6, "0")),
         )
     except ValueError:

@@ -131,8 +131,6 @@ class SourceIdentifiers:
     def find_in_text(self, text: str) -> str | None:
         """The label of the first identifying value in `text`, or None."""
         pattern = self.text_pattern
-        if text.strip().lower() in self.exact_ids:
-            return self.exact_ids[text.strip().lower()]
         match = pattern.search(text) if pattern else None
         return self.label_of(match.group(0)) if match else None
 
