@@ -26,6 +26,9 @@ _SECONDARY_CAPTURE = re.compile(r"^1\.2\.840\.10008\.5\.1\.4\.1\.1\.7(\.\d)?$")
 _ENCAPSULATED = re.compile(r"^1\.2\.840\.10008\.5\.1\.4\.1\.1\.104\.\d+$")
 ENCAPSULATED_DOCUMENT = 0x00420011
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+# A coded string holds defined terms (PERFUSION, CHEST); a name that happens to be one is not a
+# leak there. Every other identifier is still searched in coded strings.
+_NAME_LABELS = frozenset({"patient_name", "person_name"})
 _MULTIBYTE = ("ISO 2022", "ISO_IR 192", "GB18030", "GBK")
 
 
@@ -34,8 +37,6 @@ def screen(ds: Dataset, profile: Profile) -> Refusal | None:
     sop_class = str(ds.get("SOPClassUID", "") or "")
     if _ENCAPSULATED.match(sop_class) or ENCAPSULATED_DOCUMENT in ds:
         return Refusal(Reason.ENCAPSULATED_DOCUMENT, f"SOP class {sop_class}: documents are not de-identified")
-    if sop_class not in profile.sop_classes:
-        return Refusal(Reason.UNKNOWN_SOP_CLASS, f"SOP class {sop_class or '(none)'} is not accepted by profile {profile.name}")
     if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
         return Refusal(Reason.BURNED_IN_ANNOTATION, "BurnedInAnnotation is YES and no pixel rule masked it")
     modality = str(ds.get("Modality", "") or "").strip().upper()
@@ -46,6 +47,8 @@ def screen(ds: Dataset, profile: Profile) -> Refusal | None:
     image_type = "\\".join(str(v) for v in (ds.get("ImageType") or []) if v).upper()
     if "SCREEN SAVE" in image_type or "SCREENSHOT" in image_type:
         return Refusal(Reason.BURNED_IN_RISK, "ImageType says screen capture; no pixel rule masked it")
+    if sop_class not in profile.sop_classes:
+        return Refusal(Reason.UNKNOWN_SOP_CLASS, f"SOP class {sop_class or '(none)'} is not accepted by profile {profile.name}")
     return None
 
 
@@ -57,9 +60,10 @@ def verify_output(encoded: bytes, result: DeidentifiedInstance, profile: Profile
         header_end = stream.tell()
     except Exception as exc:  # pydicom raises many types; its message may quote values
         return Refusal(Reason.INVALID_OUTPUT, f"the output does not parse back ({type(exc).__name__})")
-    found = _scan_bytes(encoded, header_end, out, result)
-    if found is None and _needs_decoded_walk(out):
+    if _needs_decoded_walk(out):
         found = _scan_elements(out, result)
+    else:
+        found = _scan_bytes(encoded, header_end, out, result)
     if found is not None:
         return Refusal(Reason.RESIDUAL_IDENTIFIER, found)
     return _identity_checks(out, result, profile)
@@ -77,16 +81,11 @@ def _header_bytes(encoded: bytes, header_end: int, out: Dataset) -> bytes:
 
 
 def _scan_bytes(encoded: bytes, header_end: int, out: Dataset, result: DeidentifiedInstance) -> str | None:
+    """A fast pre-filter: only when the raw bytes match does the element walk have to decide."""
     pattern = result.identifiers.bytes_pattern
-    if pattern is None:
+    if pattern is None or pattern.search(_header_bytes(encoded, header_end, out)) is None:
         return None
-    match = pattern.search(_header_bytes(encoded, header_end, out))
-    if match is None:
-        return None
-    located = _locate(out, result)
-    if located is not None:
-        return f"{located[1]} found in {located[0]}"
-    return f"{result.identifiers.label_of(match.group(0))} found in the encoded bytes at offset {match.start()}"
+    return _scan_elements(out, result)
 
 
 def _needs_decoded_walk(out: Dataset) -> bool:
@@ -121,7 +120,7 @@ def _locate(ds: Dataset, result: DeidentifiedInstance, path: str = "") -> tuple[
         texts = [str(v) for v in value] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [str(value if value is not None else "")]
         for text in texts:
             label = result.identifiers.find_in_text(text) if text else None
-            if label:
+            if label and not (elem.VR == "CS" and label in _NAME_LABELS):
                 return where, label
     return None
 

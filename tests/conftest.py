@@ -63,16 +63,17 @@ def compose(tmp_path: Path) -> Callable[..., Profile]:
 
 @pytest.fixture
 def run(site_key: SiteKey) -> Callable[..., Outcome]:
-    """De-identify a dataset with a profile (name or Profile) through every stage, gate included."""
+    """De-identify a dataset (or a file, as it is) with a profile through every stage, gate included."""
     processors: dict[int, InstanceProcessor] = {}
 
-    def process(ds: Dataset, profile: str | Profile = "nccid", *, record: bool = False, key: SiteKey | None = None) -> Outcome:
+    def process(ds: Dataset | Path, profile: str | Profile = "nccid", *, record: bool = False, key: SiteKey | None = None) -> Outcome:
         chosen = shipped(profile) if isinstance(profile, str) else profile
         k = key or site_key
         cache_key = hash((id(chosen), k.secret))
         if cache_key not in processors:
             processors[cache_key] = InstanceProcessor(chosen, k)
-        return processors[cache_key].process(encode(ds), "test", record=record)
+        data = ds.read_bytes() if isinstance(ds, Path) else encode(ds)
+        return processors[cache_key].process(data, "test", record=record)
 
     return process
 

@@ -175,7 +175,9 @@ class Deidentifier:
             if vr in ("DA", "TM") and op in (Op.SHIFT, Op.CLEAN):
                 temporal[tag] = (vr, action)
                 continue
-            if vr == "SQ" and op not in (Op.REMOVE, Op.BLANK):
+            if vr == "SQ" and op is not Op.REMOVE:
+                # Z on a sequence allows "a non-zero length value that may be a dummy": its items,
+                # de-identified, keep a Type 3 sequence valid where zero items would not be.
                 self._sequence(ds, tag, ctx, path, action)
                 continue
             if op is Op.KEEP:
