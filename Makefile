@@ -5,17 +5,23 @@ PYTHON      ?= python3
 VENV        := .venv
 VENV_STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
-# What `make run` passes to nmip-agent. The daemon comes in a later issue; then
-# this line becomes: RUN_ARGS ?= serve --config config.example.yaml
-RUN_ARGS    ?= --help
+# Until the daemon lands (next issue: `serve --config config.example.yaml`), `make run` makes a
+# site key under var/ and dry-runs the nccid profile on a public sample CT, showing every
+# attribute's fate and the release gate's verdict.
+SAMPLE      = $$($(VENV)/bin/python -c "from pydicom.data import get_testdata_file as g; print(g('CT_small.dcm'))")
+RUN_ARGS    ?= check $(SAMPLE) --profile nccid --key-file var/site.key
 
 .PHONY: test run bench clean debian-packages venv
 
 test: debian-packages $(VENV_STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-run: $(VENV_STAMP)
+run: $(VENV_STAMP) var/site.key
 	$(VENV)/bin/nmip-agent $(RUN_ARGS)
+
+var/site.key: | $(VENV_STAMP)
+	mkdir -p -m 700 var
+	$(VENV)/bin/nmip-agent keys init --key-file $@
 
 bench: $(VENV_STAMP)
 	$(VENV)/bin/python bench/deid.py

@@ -25,7 +25,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="On-site DICO
 keys_app = typer.Typer(no_args_is_help=True, help="Create and inspect the site's pseudonymisation key.")
 app.add_typer(keys_app, name="keys")
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (a report saved to a file) gets wide tables instead of 80 columns of folded text.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 KeyFile = Annotated[Path, typer.Option("--key-file", help="The site key (see `nmip-agent keys init`).")]
@@ -99,10 +100,10 @@ def _check_one(processor: Any, path: Path, changed_only: bool) -> dict[str, Any]
         report.update(verdict="pass", output=str(outcome.relative_path))
     else:
         report.update(verdict="quarantine", reason=outcome.refusal.reason.value, detail=outcome.refusal.detail)
-    changes = outcome.result.changes if outcome.result is not None else []
+    changes = sorted(outcome.result.changes or [], key=lambda c: c.path) if outcome.result is not None else []
     report["attributes"] = [
         {"attribute": c.path, "keyword": c.keyword, "action": c.action, "before": c.before, "after": c.after}
-        for c in changes or []
+        for c in changes
         if not (changed_only and c.after == c.before)
     ]
     return report

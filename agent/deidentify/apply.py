@@ -344,7 +344,12 @@ class Deidentifier:
         assert ctx.changes is not None
         try:
             elem = ds[tag]
-            before = f"{len(elem.value)} item(s)" if elem.VR == "SQ" else self._text(ds, tag)
+            if elem.VR == "SQ":
+                before = f"{len(elem.value)} item(s)"
+            elif isinstance(elem.value, bytes) and elem.VR not in _TEXT_VRS:
+                before = f"({len(elem.value)} bytes)"
+            else:
+                before = self._text(ds, tag)
         except Exception:
             before = "(unreadable value)"
         if len(before) > 200:
