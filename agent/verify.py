@@ -82,8 +82,7 @@ def _header_bytes(encoded: bytes, header_end: int, out: Dataset) -> bytes:
 
 def _scan_bytes(encoded: bytes, header_end: int, out: Dataset, result: DeidentifiedInstance) -> str | None:
     """A fast pre-filter: only when the raw bytes match does the element walk have to decide."""
-    pattern = result.identifiers.bytes_pattern
-    if pattern is None or pattern.search(_header_bytes(encoded, header_end, out)) is None:
+    if not result.identifiers.find_in_bytes(_header_bytes(encoded, header_end, out)):
         return None
     return _scan_elements(out, result)
 
@@ -116,6 +115,9 @@ def _locate(ds: Dataset, result: DeidentifiedInstance, path: str = "") -> tuple[
             match = pattern.search(value) if pattern is not None else None
             if match:
                 return where, result.identifiers.label_of(match.group(0))
+            text = value.decode("latin-1")
+            if any(uid in text for uid in result.identifiers.uids):
+                return where, "uid"
             continue
         texts = [str(v) for v in value] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [str(value if value is not None else "")]
         for text in texts:

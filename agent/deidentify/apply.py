@@ -273,7 +273,7 @@ class Deidentifier:
             new = ctx.uid_map.get(uid)
             if new is None:
                 new = ctx.uid_map[uid] = self.pseudonyms.uid(uid)
-                ctx.identifiers.add("uid", uid)
+                ctx.identifiers.add_uid(uid)
             out.append(new)
         return "\\".join(out)
 

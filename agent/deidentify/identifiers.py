@@ -49,6 +49,9 @@ class SourceIdentifiers:
 
     values: dict[str, str] = field(default_factory=dict)  # lower-cased text -> label
     exact_ids: dict[str, str] = field(default_factory=dict)  # short IDs, compared whole
+    # Original UIDs differ in every instance: searched as plain substrings, so that the patterns
+    # above stay the same for all instances of a patient and `re` compiles them once.
+    uids: set[str] = field(default_factory=set)
     _text: re.Pattern[str] | None = None
     _bytes: re.Pattern[bytes] | None = None
 
@@ -61,6 +64,9 @@ class SourceIdentifiers:
             return
         self.values.setdefault(text.lower(), label)
         self._text = self._bytes = None
+
+    def add_uid(self, uid: str) -> None:
+        self.uids.add(uid)
 
     def add_id(self, label: str, text: str | None) -> None:
         if not text or not text.strip():
@@ -132,12 +138,34 @@ class SourceIdentifiers:
         """The label of the first identifying value in `text`, or None."""
         pattern = self.text_pattern
         match = pattern.search(text) if pattern else None
-        return self.label_of(match.group(0)) if match else None
+        if match:
+            return self.label_of(match.group(0))
+        return "uid" if any(_holds_uid(text, uid) for uid in self.uids if uid in text) else None
+
+    def find_in_bytes(self, data: bytes) -> bool:
+        """Whether `data` may hold an identifying value (a fast pre-filter for the gate)."""
+        pattern = self.bytes_pattern
+        if pattern is not None and pattern.search(data):
+            return True
+        return any(uid.encode("ascii", "replace") in data for uid in self.uids)
 
     def redact(self, text: str) -> str:
         """`text` with every identifying value replaced by `*`."""
         pattern = self.text_pattern
         return pattern.sub("*", text) if pattern else text
+
+
+def _holds_uid(text: str, uid: str) -> bool:
+    """`uid` occurs in `text` as a whole UID, not as the start of a longer one."""
+    start = text.find(uid)
+    while start >= 0:
+        end = start + len(uid)
+        before_ok = start == 0 or not (text[start - 1].isdigit() or text[start - 1] == ".")
+        after_ok = end == len(text) or not (text[end].isdigit() or (text[end] == "." and text[end + 1 : end + 2].isdigit()))
+        if before_ok and after_ok:
+            return True
+        start = text.find(uid, start + 1)
+    return False
 
 
 def collect(ds: Dataset, *, include_dates: bool) -> SourceIdentifiers:

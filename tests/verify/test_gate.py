@@ -89,3 +89,11 @@ def test_unknown_public_attribute_is_searched_too(run: Callable) -> None:
     outcome = run(ds)
     assert outcome.status == "quarantined"
     assert outcome.refusal.detail.startswith("patient_id found in (0054,1400)")
+
+
+def test_original_uid_in_free_text_is_caught(compose: Callable, run: Callable) -> None:
+    """An original UID copied into kept text (here a comment) is found after the UIDs were remapped."""
+    ds = make_ct_slice(Patient())
+    ds.ImageComments = f"see study {ds.StudyInstanceUID}"
+    outcome = run(ds, compose(site_recipe="KEEP (0020,4000)"))
+    assert outcome.refusal is not None and outcome.refusal.detail == "uid found in (0020,4000)"
