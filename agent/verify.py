@@ -119,12 +119,20 @@ def _locate(ds: Dataset, result: DeidentifiedInstance, path: str = "") -> tuple[
             if any(uid in text for uid in result.identifiers.uids):
                 return where, "uid"
             continue
-        texts = [str(v) for v in value] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [str(value if value is not None else "")]
+        texts = _texts(value)
         for text in texts:
             label = result.identifiers.find_in_text(text) if text else None
             if label and not (elem.VR == "CS" and label in _NAME_LABELS):
                 return where, label
     return None
+
+
+def _texts(value: object) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [str(v) for v in value]  # type: ignore[attr-defined]
+    return [str(value)]
 
 
 def _identity_checks(out: Dataset, result: DeidentifiedInstance, profile: Profile) -> Refusal | None:

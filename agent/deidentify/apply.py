@@ -15,7 +15,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from agent import __version__
 from agent.deidentify import dates
@@ -150,8 +150,7 @@ class Deidentifier:
         creators: dict[tuple[int, int], str] = {}
         temporal: dict[int, tuple[str, Action]] = {}
         removed_overlays: set[int] = set()
-        for tag in list(ds.keys()):
-            tag = int(tag)
+        for tag in [int(t) for t in ds.keys()]:
             group, element = tag >> 16, tag & 0xFFFF
             if element == 0 or (top and tag > PIXEL_DATA):
                 # Group lengths are retired and recomputed; nothing may hide after the pixel data.
@@ -191,8 +190,8 @@ class Deidentifier:
             self._shift_temporal(ds, temporal, ctx, path)
         for group in removed_overlays:
             # The Overlay Plane Module requires Overlay Data: without it the group must go.
-            for tag in [int(t) for t in ds.keys() if t >> 16 == group]:
-                self._remove(ds, tag, ctx, path, Action(Op.REMOVE, "overlay data removed"))
+            for overlay_tag in [int(t) for t in ds.keys() if t >> 16 == group]:
+                self._remove(ds, overlay_tag, ctx, path, Action(Op.REMOVE, "overlay data removed"))
         self._private_creators(ds, creators, ctx, path)
 
     def _private_creators(self, ds: Dataset, creators: dict[tuple[int, int], str], ctx: _Context, path: str) -> None:
@@ -287,6 +286,8 @@ class Deidentifier:
             paired = time_tag if time_tag in temporal else None
             da_before = self._text(ds, tag)
             tm_before = self._text(ds, paired) if paired else None
+            new_da: str | None
+            new_tm: str | None
             if "\\" in da_before:  # several dates: each moves alone
                 new_da = "\\".join(dates.shift_da(d, ctx.offset) or "" for d in da_before.split("\\"))
                 new_tm = None
@@ -380,14 +381,14 @@ class Deidentifier:
         The sender's meta (source AE title, private information) is dropped, not cleaned.
         """
         old = getattr(ds, "file_meta", None) or FileMetaDataset()
-        syntax = old.get("TransferSyntaxUID")
+        syntax: str | None = old.get("TransferSyntaxUID")
         if syntax is None:
             implicit, _little = ds.original_encoding
             syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = ds.SOPClassUID
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = syntax
-        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+        meta.TransferSyntaxUID = UID(syntax)
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
         ds.file_meta = meta

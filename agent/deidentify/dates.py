@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from datetime import date, datetime, time, timedelta
 
-from pydicom.datadict import DicomDictionary, tag_for_keyword
+from pydicom._dicom_dict import DicomDictionary
+from pydicom.datadict import tag_for_keyword
 
 _NOON = time(12, 0)
 _TM = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")

@@ -217,7 +217,7 @@ def _as_list(value: object) -> list[object]:
     if value is None:
         return []
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return list(value)  # type: ignore[call-overload]
+        return [v for v in value]  # type: ignore[attr-defined]
     return [value]
 
 

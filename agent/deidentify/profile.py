@@ -11,10 +11,10 @@ import os
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
-from pydicom.uid import UID_dictionary
+from pydicom._uid_dict import UID_dictionary
 
 from agent.deidentify.plan import Plan, RecipeLineError, compile_plan
 from agent.deidentify.pseudonym import PseudonymSettings
@@ -151,7 +151,7 @@ def _options(recipe_names: list[str], manifest: Path) -> tuple[str, ...]:
     return options
 
 
-def _parse_recipe(path: Path) -> list[dict[str, str]]:
+def _parse_recipe(path: Path) -> list[Mapping[str, str]]:
     """Parse one recipe with deid, turning its exits and chatter into a ProfileError."""
     from deid.config import DeidRecipe  # deferred: deid's import is slow and only needed here
     from deid.logger import bot
