@@ -21,7 +21,11 @@ from agent import __version__
 from agent.errors import AgentError, UnreadableInput, UsageError
 from agent.keys import init_key_file, load_key_file
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="On-site DICOM de-identification agent.")
+# Tracebacks with local variables would print identifiers: typer's pretty exceptions are off.
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="On-site DICOM de-identification agent.",
+    pretty_exceptions_enable=False, pretty_exceptions_show_locals=False,
+)
 keys_app = typer.Typer(no_args_is_help=True, help="Create and inspect the site's pseudonymisation key.")
 app.add_typer(keys_app, name="keys")
 
@@ -33,13 +37,19 @@ KeyFile = Annotated[Path, typer.Option("--key-file", help="The site key (see `nm
 ProfileName = Annotated[str, typer.Option("--profile", help="A profile name in profiles/, or a manifest .yaml path.")]
 
 
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         out.print(f"nmip-agent {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
+) -> None:
+    """On-site DICOM de-identification agent."""
 
 
 @keys_app.command("init")
@@ -174,24 +184,16 @@ def anonymise(
 
 
 def main() -> None:
-    """Entry point: one place turns every AgentError into its message and exit code."""
+    """Entry point: one place turns every AgentError into its message and exit code.
+
+    Typer runs in standalone mode, so usage errors print their help and exit 2, and commands'
+    exit codes pass through; AgentError propagates out of it to here.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except AgentError as exc:
         err.print(f"nmip-agent: {escape(str(exc))}")
         sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        err.print("nmip-agent: interrupted")
-        sys.exit(130)
-    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
 
 
 if __name__ == "__main__":

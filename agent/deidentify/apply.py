@@ -43,6 +43,7 @@ _DUMMY: dict[str, Any] = {
     "AT": 0, "US or SS": 0,
 }  # fmt: skip
 _NO_OP = Action(Op.KEEP, "not in profile")
+_OVERLAY_REMOVED = Action(Op.REMOVE, "overlay data removed")
 _CLEAN_NESTED = Action(Op.CLEAN, "not in profile, inside a sequence")
 _FREE_TEXT_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}
 
@@ -149,12 +150,16 @@ class Deidentifier:
         plan = self.plan
         creators: dict[tuple[int, int], str] = {}
         temporal: dict[int, tuple[str, Action]] = {}
-        removed_overlays: set[int] = set()
-        for tag in [int(t) for t in ds.keys()]:
+        tags = [int(t) for t in ds.keys()]
+        removed_overlays = self._overlay_groups_removed(tags)
+        for tag in tags:
             group, element = tag >> 16, tag & 0xFFFF
             if element == 0 or (top and tag > PIXEL_DATA):
                 # Group lengths are retired and recomputed; nothing may hide after the pixel data.
                 self._remove(ds, tag, ctx, path, Action(Op.REMOVE, "nmip-agent"))
+                continue
+            if group in removed_overlays:
+                self._remove(ds, tag, ctx, path, _OVERLAY_REMOVED)
                 continue
             if group & 1:
                 if element <= 0xFF:
@@ -184,15 +189,22 @@ class Deidentifier:
                     self._record(ds, tag, ctx, path, action, keep=True)
                 continue
             self._apply(ds, tag, vr, action, ctx, path)
-            if group & 0xFF01 == 0x6000 and element == 0x3000 and tag not in ds:
-                removed_overlays.add(group)
         if temporal:
             self._shift_temporal(ds, temporal, ctx, path)
-        for group in removed_overlays:
-            # The Overlay Plane Module requires Overlay Data: without it the group must go.
-            for overlay_tag in [int(t) for t in ds.keys() if t >> 16 == group]:
-                self._remove(ds, overlay_tag, ctx, path, Action(Op.REMOVE, "overlay data removed"))
         self._private_creators(ds, creators, ctx, path)
+
+    def _overlay_groups_removed(self, tags: list[int]) -> set[int]:
+        """Overlay groups whose Overlay Data the plan does not keep: the whole group goes.
+
+        The Overlay Plane Module requires Overlay Data, and a bitmap cannot be cleaned or dummied.
+        """
+        groups = set()
+        for tag in tags:
+            if tag & 0xFF01FFFF == 0x60003000:
+                action = self.plan.public_action(tag)
+                if action is not None and action.op is not Op.KEEP:
+                    groups.add(tag >> 16)
+        return groups
 
     def _private_creators(self, ds: Dataset, creators: dict[tuple[int, int], str], ctx: _Context, path: str) -> None:
         """Keep a private creator only when its block is kept and still holds an element."""

@@ -15,16 +15,6 @@ import pytest
 _SCRIPT = Path(sys.executable).with_name("nmip-agent")
 COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "agent.cli"]
 
-# The exit code the command asked for is dropped: agent/cli.py main() calls
-# app(standalone_mode=False) and ignores its return value, which is how click hands back the
-# code of `raise typer.Exit(n)` in non-standalone mode. Only AgentError exits (2) get through.
-EXIT_CODE_DROPPED = pytest.mark.xfail(
-    reason="agent/cli.py main() ignores the exit code returned by app(standalone_mode=False): "
-    "typer.Exit(1)/typer.Exit(2) from check and anonymise become exit 0",
-    strict=True,
-)
-
-
 @dataclass
 class Run:
     """One finished invocation: what a user sees."""
