@@ -28,7 +28,7 @@ class FileReport:
     """What a worker sends back for one input file (small: it crosses a process boundary)."""
 
     path: str
-    status: str  # written | quarantined | unreadable | skipped
+    status: str  # written | quarantined | unreadable | skipped | failed
     detail: str = ""
     output: str = ""
     patient: tuple[str, str] | None = None  # (source id, pseudonym): crosswalk, stays on site
@@ -41,6 +41,7 @@ class Summary:
     quarantined: int = 0
     unreadable: int = 0
     skipped: int = 0
+    failed: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
     def add(self, report: FileReport) -> None:
@@ -68,7 +69,18 @@ def _init_worker(profile: str, key_file: Path, job: Job) -> None:
 
 
 def process_file(path: str) -> FileReport:
-    """De-identify one file into the output folder or the quarantine (runs in a worker)."""
+    """De-identify one file into the output folder or the quarantine (runs in a worker).
+
+    Whatever goes wrong with one file (a full disk, a bug) is reported for that file, by the
+    exception's type only, and the run goes on.
+    """
+    try:
+        return _process_file(path)
+    except Exception as exc:
+        return FileReport(path, "failed", f"{path}: could not be processed ({type(exc).__name__})")
+
+
+def _process_file(path: str) -> FileReport:
     assert _processor is not None and _job is not None
     if Path(path).name.upper() == "DICOMDIR":
         return FileReport(path, "skipped", "DICOMDIR (its records hold identifiers)")

@@ -168,7 +168,7 @@ def anonymise(
 
         def on_report(report: batch.FileReport) -> None:
             progress.advance(task)
-            if report.status == "unreadable":
+            if report.status in ("unreadable", "failed"):
                 progress.console.print(f"[yellow]skipped unreadable[/yellow] {escape(report.detail)}")
             elif report.status == "skipped":
                 progress.console.print(f"skipped {escape(report.path)}: {escape(report.detail)}")
@@ -177,10 +177,11 @@ def anonymise(
                                   quarantine_dir=quarantine_dir, crosswalk_dir=crosswalk, workers=workers,
                                   on_report=on_report)
     out.print(f"written {summary.written}, quarantined {summary.quarantined}, unreadable {summary.unreadable}"
-              + (f", skipped {summary.skipped}" if summary.skipped else ""))
+              + (f", skipped {summary.skipped}" if summary.skipped else "")
+              + (f", failed {summary.failed}" if summary.failed else ""))
     for code, count in sorted(summary.reasons.items()):
         out.print(f"  quarantined {count}: {code} (see {quarantine_dir})")
-    raise typer.Exit(1 if summary.quarantined or summary.unreadable else 0)
+    raise typer.Exit(1 if summary.quarantined or summary.unreadable or summary.failed else 0)
 
 
 def main() -> None:

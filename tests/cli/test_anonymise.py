@@ -340,3 +340,25 @@ def test_folders_inside_the_input_are_refused(base: Path, key_file: Path, inside
     assert "must not be inside the input folder" in run.stderr
     assert sorted(p.name for p in source.iterdir()) == ["CT_small.dcm"]
     assert not any(folder.exists() for folder in folders.values())
+
+
+def test_a_file_that_cannot_be_written_does_not_stop_the_run(tmp_path: Path, key_file: Path) -> None:
+    """When one output cannot be written (here its folder is a file), the others still are."""
+    from tests.synthetic import make_study, write
+
+    source = tmp_path / "in"
+    study = make_study(Patient(), n_series=1, n_per_series=2)
+    for index, ds in enumerate(study):
+        write(ds, source / f"{index}.dcm")
+    first = nmip("anonymise", source, tmp_path / "out", "--profile", "nccid", "--key-file", key_file,
+                 "--quarantine", tmp_path / "q", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    series_dir = next((tmp_path / "out").glob("*/*/*"))
+    blocked = tmp_path / "out2" / series_dir.relative_to(tmp_path / "out")
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("not a folder")
+    second = nmip("anonymise", source, tmp_path / "out2", "--profile", "nccid", "--key-file", key_file,
+                  "--quarantine", tmp_path / "q", cwd=tmp_path)
+    assert second.returncode == 1
+    assert "written 0, quarantined 0, unreadable 0, failed 2" in second.stdout
+    assert "NotADirectoryError" in second.stderr or "FileExistsError" in second.stderr
