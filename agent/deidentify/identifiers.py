@@ -54,6 +54,7 @@ class SourceIdentifiers:
     uids: set[str] = field(default_factory=set)
     _text: re.Pattern[str] | None = None
     _bytes: re.Pattern[bytes] | None = None
+    _needles: list[bytes] | None = None
 
     def add(self, label: str, text: str | None) -> None:
         """Add one identifying string (ignored when empty or not identifying on its own)."""
@@ -62,8 +63,10 @@ class SourceIdentifiers:
         text = text.strip().strip("\x00").strip()
         if not text or text.upper() in _NOT_IDENTIFYING:
             return
-        self.values.setdefault(text.lower(), label)
-        self._text = self._bytes = None
+        lowered = text.lower()
+        if lowered not in self.values:
+            self.values[lowered] = label
+            self._text = self._bytes = self._needles = None
 
     def add_uid(self, uid: str) -> None:
         self.uids.add(uid)
@@ -143,9 +146,22 @@ class SourceIdentifiers:
         return "uid" if any(_holds_uid(text, uid) for uid in self.uids if uid in text) else None
 
     def find_in_bytes(self, data: bytes) -> bool:
-        """Whether `data` may hold an identifying value (a fast pre-filter for the gate)."""
-        pattern = self.bytes_pattern
-        if pattern is not None and pattern.search(data):
+        """Whether `data` may hold an identifying value: a fast, over-eager pre-filter for the gate.
+
+        Plain substring tests on the lower-cased bytes (ASCII case only, so UTF-8 and Latin-1
+        forms are tested as they are); only a hit makes the caller walk the decoded elements.
+        """
+        if self._needles is None:
+            needles = set()
+            for value in self.values:
+                needles.add(value.encode("utf-8"))
+                try:
+                    needles.add(value.encode("latin-1"))
+                except UnicodeEncodeError:
+                    pass
+            self._needles = sorted(needles)
+        lowered = data.lower()
+        if any(needle in lowered for needle in self._needles):
             return True
         return any(uid.encode("ascii", "replace") in data for uid in self.uids)
 
@@ -207,6 +223,12 @@ def collect(ds: Dataset, *, include_dates: bool) -> SourceIdentifiers:
 
 
 def _value(ds: Dataset, tag: int) -> object:
+    """The value, decoded straight from raw bytes when they are plain ASCII (most of the time)."""
+    raw = ds.get_item(tag)
+    value = getattr(raw, "value", None)
+    if isinstance(value, bytes) and value.isascii() and b"\x1b" not in value:
+        text = value.decode("ascii").strip("\x00 ")
+        return text.split("\\") if "\\" in text else text
     try:
         return ds[tag].value
     except Exception:  # a malformed value: nothing to search for, the element is handled by the plan
