@@ -7,6 +7,7 @@ reported by label (`patient_name`, `birth_date`, ...) only.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import date
@@ -97,11 +98,8 @@ class SourceIdentifiers:
 
     def add_date(self, label: str, value: str | None) -> None:
         """A DA value in every common written form."""
-        day = parse_da(value) if value else None
-        if day is None or day < date(1850, 1, 1):
-            return
-        for fmt in _DATE_FORMATS:
-            self.add(label, day.strftime(fmt))
+        for form in _written_forms(value or ""):
+            self.add(label, form)
 
     def _alternation(self) -> str:
         return "|".join(re.escape(v) for v in sorted(self.values, key=len, reverse=True))
@@ -169,6 +167,15 @@ class SourceIdentifiers:
         """`text` with every identifying value replaced by `*`."""
         pattern = self.text_pattern
         return pattern.sub("*", text) if pattern else text
+
+
+@functools.lru_cache(maxsize=4096)
+def _written_forms(value: str) -> tuple[str, ...]:
+    """A date's common written forms; cached, as every instance of a study repeats its dates."""
+    day = parse_da(value)
+    if day is None or day < date(1850, 1, 1):
+        return ()
+    return tuple(day.strftime(fmt) for fmt in _DATE_FORMATS)
 
 
 def _holds_uid(text: str, uid: str) -> bool:
