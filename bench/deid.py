@@ -72,8 +72,17 @@ MARKER = ".nmip-bench-workdir"
 # --- inputs ---------------------------------------------------------------------------------
 
 
-def generate(input_dir: Path, n_files: int) -> None:
-    """N planted 512x512 CT slices of one study, `N_SERIES` series, chained references."""
+def generate(input_dir: Path, n_files: int, header: str = "planted") -> None:
+    """N 512x512 CT slices of one study, `N_SERIES` series.
+
+    `planted`: tests/synthetic.py's worst case, identifiers planted in every place they can hide
+    (eleven sequences, three deep). `scanner`: the header of a real GE HiSpeed CT/i slice
+    (pydicom's CT_small.dcm: 180 private elements, one sequence) with fresh UIDs and 512x512
+    pixels, closer to what a PACS sends.
+    """
+    if header == "scanner":
+        generate_scanner(input_dir, n_files)
+        return
     from tests import synthetic
 
     # The ramp and the overlay are pure functions of the size but built pixel by pixel in Python
@@ -86,6 +95,29 @@ def generate(input_dir: Path, n_files: int) -> None:
     study = synthetic.make_study(n_series=N_SERIES, n_per_series=per_series, rows=ROWS, columns=COLUMNS)
     for index, ds in enumerate(study[:n_files]):
         synthetic.write(ds, input_dir / f"series{ds.SeriesNumber}" / f"{index:05d}.dcm")
+
+
+def generate_scanner(input_dir: Path, n_files: int) -> None:
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    template = dcmread(get_testdata_file("CT_small.dcm"))
+    pixels = bytes(range(256)) * (ROWS * COLUMNS * 2 // 256)
+    study_uid = generate_uid()
+    series = [generate_uid() for _ in range(N_SERIES)]
+    for index in range(n_files):
+        ds = template.copy()
+        ds.file_meta = template.file_meta.copy()
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series[index % N_SERIES]
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = index + 1
+        ds.Rows, ds.Columns = ROWS, COLUMNS
+        ds.PixelData = pixels
+        path = input_dir / f"series{index % N_SERIES}" / f"{index:05d}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
 
 
 def source_version() -> str:
@@ -310,6 +342,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating floor/agent rounds (default 3)")
     parser.add_argument("--workdir", help="generate and write here (kept) instead of a temporary folder")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--header", choices=("planted", "scanner"), default="planted",
+                        help="planted: identifiers in every place they can hide (worst case, default); "
+                             "scanner: a real GE CT header (pydicom's CT_small) with fresh UIDs")
     parser.add_argument("--cprofile", type=int, metavar="N", default=0,
                         help="instead of the benchmark, profile the single-process agent over N files")
     parser.add_argument("--stages", type=int, metavar="N", default=0,
@@ -328,7 +363,7 @@ def main() -> None:
     try:
         input_dir, key_file = workdir / "input", workdir / "site.key"
         start = time.perf_counter()
-        generate(input_dir, args.files)
+        generate(input_dir, args.files, args.header)
         init_key_file(key_file)
         files = input_files(input_dir)
         input_bytes = warm(files)
@@ -366,6 +401,7 @@ def main() -> None:
     n = len(files)
     rate = {k: n / statistics.median(v) for k, v in times.items()}
     figures = {
+        "header": args.header,
         "agent_version": version,
         "files": n,
         "file_mb": round(input_bytes / n / 1e6, 3),
@@ -408,7 +444,7 @@ def print_table(f: dict[str, Any]) -> None:
         return "yes" if good else "NO"
 
     print()
-    print(f"{f['files']} synthetic 512x512 CT slices ({f['file_mb']:.2f} MB each), profile {PROFILE}, "
+    print(f"{f['files']} synthetic 512x512 CT slices, {f['header']} header ({f['file_mb']:.2f} MB each), profile {PROFILE}, "
           f"median of {f['rounds']} alternating rounds, {f['cpus']} CPUs")
     print(f"agent at {f['agent_version']}")
     print(f"{'':34} {'files/s':>9} {'ratio':>7}")
