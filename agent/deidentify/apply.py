@@ -186,9 +186,11 @@ class Deidentifier:
                 self._remove(ds, tag, ctx, path, _OVERLAY_REMOVED)
                 continue
             if group & 1:
+                if element < 0x10:  # (gggg,0001-000F) is not valid in a private group: nothing to keep
+                    self._remove(ds, tag, ctx, path, Action(Op.REMOVE, "invalid private element"))
+                    continue
                 if element <= 0xFF:
-                    if element >= 0x10:
-                        creators[(group, element)] = self._text(ds, tag)
+                    creators[(group, element)] = self._text(ds, tag)
                     continue  # creators are decided once their blocks are known
                 action = plan.private_action(tag, creators.get((group, element >> 8)))
             else:
@@ -286,6 +288,11 @@ class Deidentifier:
         if value is None and op is not Op.BLANK:
             # No valid replacement exists for this VR (binary, unknown): removal is the safe choice.
             self._remove(ds, tag, ctx, path, action)
+            return
+        if op is Op.CLEAN and value == before:
+            # Clean text with nothing to remove stays as it came, so its sequence can stay raw.
+            if ctx.changes is not None:
+                ctx.changes.append(Change(path + _tag_text(tag), keyword_for_tag(tag) or "", action.label, before, before))
             return
         ctx.mutations += 1
         if vr == "UN" and isinstance(value, str):

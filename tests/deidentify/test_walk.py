@@ -130,3 +130,23 @@ def test_dry_run_records_every_attribute(run: Callable) -> None:
     assert changes["(0010,1040)"].after is None  # PatientAddress removed
     assert "deid.basic" in changes["(0010,1040)"].action
     assert encode  # the report never changes what is released
+
+
+def test_invalid_private_elements_are_removed(run: Callable) -> None:
+    """(gggg,0001-000F) in a private group has no creator to vouch for it: it never survives."""
+    ds = make_ct_slice(Patient())
+    ds.add_new(0x00290005, "LO", "hidden")
+    out = output_of(run(ds))
+    assert 0x00290005 not in out
+
+
+def test_untouched_sequence_keeps_its_bytes(run: Callable) -> None:
+    """A code sequence with nothing to change is written back as it came."""
+    from pydicom.sequence import Sequence
+
+    ds = make_ct_slice(Patient(), plant=False)
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "T-D3000", "SRT", "Chest"
+    ds.AnatomicRegionSequence = Sequence([code])
+    out = output_of(run(ds))
+    assert out.AnatomicRegionSequence[0].CodeMeaning == "Chest"
