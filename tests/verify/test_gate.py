@@ -97,3 +97,28 @@ def test_original_uid_in_free_text_is_caught(compose: Callable, run: Callable) -
     ds.ImageComments = f"see study {ds.StudyInstanceUID}"
     outcome = run(ds, compose(site_recipe="KEEP (0020,4000)"))
     assert outcome.refusal is not None and outcome.refusal.detail == "uid found in (0020,4000)"
+
+
+def test_deflated_output_is_inflated_before_the_search(compose: Callable, run: Callable) -> None:
+    """In a deflated file the bytes are compressed: the gate searches the inflated dataset."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = make_ct_slice(Patient())
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    assert run(ds.copy()).status == "passed"
+    ds.ImageComments = f"note: {Patient().patient_id}"
+    outcome = run(ds, compose(site_recipe="KEEP (0020,4000)"))
+    assert outcome.refusal is not None and outcome.refusal.detail == "patient_id found in (0020,4000)"
+
+
+def test_attribute_newer_than_pydicoms_dictionary_is_matched_by_tag(compose: Callable, run: Callable) -> None:
+    """(0010,0011) Person Names to Use (2026d) reads as UN in implicit VR; Basic still removes it."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    ds = make_ct_slice(Patient())
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.add_new(0x00100011, "UN", b"PLANTEDNICKNAME ")
+    outcome = run(ds, compose(), record=True)
+    assert outcome.status == "passed", outcome.refusal
+    assert b"PLANTEDNICKNAME" not in outcome.encoded
+    assert [c.after for c in outcome.result.changes if c.path == "(0010,0011)"] == [None]
