@@ -156,6 +156,7 @@ class Deidentifier:
             changes=[] if record else None,
         )
         self._walk(ds, ctx, "", top=True)
+        self._add(ds, ctx)
         self._mark(ds)
         self._file_meta(ds, ctx)
         return DeidentifiedInstance(
@@ -218,6 +219,15 @@ class Deidentifier:
         if temporal:
             self._shift_temporal(ds, temporal, ctx, path)
         self._private_creators(ds, creators, ctx, path)
+
+    def _add(self, ds: Dataset, ctx: _Context) -> None:
+        """The recipes' ADD lines: attributes the programme wants in every output."""
+        for tag, value, action in self.plan.additions:
+            if tag not in ds:
+                ctx.mutations += 1
+                _set(ds, tag, str(dictionary_VR(tag)), value)
+                if ctx.changes is not None:
+                    ctx.changes.append(Change(_tag_text(tag), keyword_for_tag(tag) or "", action.label, "", value))
 
     def _overlay_groups_removed(self, tags: list[int]) -> set[int]:
         """Overlay groups whose Overlay Data the plan does not keep: the whole group goes.

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from pydicom.dataset import Dataset
-from pydicom.valuerep import PersonName
 
 from agent.deidentify.dates import parse_da
 
@@ -250,4 +249,4 @@ def _as_list(value: object) -> list[object]:
     return [value]
 
 
-__all__ = ["SourceIdentifiers", "collect", "PersonName"]
+__all__ = ["SourceIdentifiers", "collect"]

@@ -84,3 +84,13 @@ def test_keywords_are_accepted_as_a_convenience(tmp_path: Path) -> None:
     """A site recipe may name a dictionary attribute by keyword; it compiles to its tag."""
     path = manifest(tmp_path, f"name: x\nrecipes: [{BASIC}, deid.site]\n", "FORMAT dicom\n%header\nKEEP PatientSex\n")
     assert load_profile(path).plan.public_action(0x00100040).op is Op.KEEP
+
+
+def test_add_sets_an_attribute_absent_from_the_source(compose, run) -> None:  # type: ignore[no-untyped-def]
+    """ADD puts a programme's attribute in every output, present in the source or not."""
+    from tests.conftest import output_of
+    from tests.synthetic import Patient, make_ct_slice
+
+    profile = compose(site_recipe="ADD (0012,0010) NCCID")
+    out = output_of(run(make_ct_slice(Patient(), plant=False), profile))
+    assert out.ClinicalTrialSponsorName == "NCCID"
