@@ -7,8 +7,10 @@
 
 What it does, all in one run on one machine (so the machine's speed cancels out of the ratios):
 
-1. Generates N synthetic 512x512 16-bit CT slices of one study (3 series) with identifiers planted
-   everywhere (tests/synthetic.py), writes a site key, and reads every file once (page cache).
+1. Generates N synthetic 512x512 16-bit CT slices of one study (3 series), writes a site key, and
+   reads every file once (page cache). `--header scanner` (default): the header of a real GE CT
+   slice (pydicom's CT_small) with fresh UIDs; `--header planted`: tests/synthetic.py's slices with
+   identifiers planted in every place they can hide (the worst case for the walk).
 2. Floor: `dcmread(path)` + `save_as(out, enforce_file_format=True)` of every file, one process.
 3. Agent, one process: read the bytes, `InstanceProcessor.process` (de-identify + encode + release
    gate), write `outcome.encoded`. Every file must pass the gate.
@@ -72,7 +74,7 @@ MARKER = ".nmip-bench-workdir"
 # --- inputs ---------------------------------------------------------------------------------
 
 
-def generate(input_dir: Path, n_files: int, header: str = "planted") -> None:
+def generate(input_dir: Path, n_files: int, header: str = "scanner") -> None:
     """N 512x512 CT slices of one study, `N_SERIES` series.
 
     `planted`: tests/synthetic.py's worst case, identifiers planted in every place they can hide
@@ -342,9 +344,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating floor/agent rounds (default 3)")
     parser.add_argument("--workdir", help="generate and write here (kept) instead of a temporary folder")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--header", choices=("planted", "scanner"), default="planted",
-                        help="planted: identifiers in every place they can hide (worst case, default); "
-                             "scanner: a real GE CT header (pydicom's CT_small) with fresh UIDs")
+    parser.add_argument("--header", choices=("scanner", "planted"), default="scanner",
+                        help="scanner (default): a real GE CT header (pydicom's CT_small, 180 private "
+                             "elements) with fresh UIDs, as a PACS sends; planted: identifiers in every "
+                             "place they can hide, eleven sequences three deep (the worst case)")
     parser.add_argument("--cprofile", type=int, metavar="N", default=0,
                         help="instead of the benchmark, profile the single-process agent over N files")
     parser.add_argument("--stages", type=int, metavar="N", default=0,
