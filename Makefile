@@ -5,11 +5,9 @@ PYTHON      ?= python3
 VENV        := .venv
 VENV_STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Until the daemon lands (next issue: `serve --config config.example.yaml`), `make run` makes a
-# site key under var/ and dry-runs the nccid profile on a public sample CT, showing every
-# attribute's fate and the release gate's verdict.
-SAMPLE      = $$($(VENV)/bin/python -c "from pydicom.data import get_testdata_file as g; print(g('CT_small.dcm'))")
-RUN_ARGS    ?= check $(SAMPLE) --profile nccid --key-file var/site.key
+# `make run` starts the agent on the bundled example config (SQLite, a local spool under var/);
+# send it a study from another terminal with the command the README gives.
+RUN_ARGS    ?= serve --config config.example.yaml
 
 .PHONY: test run bench clean debian-packages venv
 

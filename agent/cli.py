@@ -184,6 +184,87 @@ def anonymise(
     raise typer.Exit(1 if summary.quarantined or summary.unreadable or summary.failed else 0)
 
 
+ConfigFile = Annotated[Path, typer.Option("--config", help="The agent's YAML configuration (see config.example.yaml).")]
+quarantine_app = typer.Typer(no_args_is_help=True, help="Look at and act on quarantined studies.")
+app.add_typer(quarantine_app, name="quarantine")
+
+
+@app.command()
+def serve(config: ConfigFile) -> None:
+    """Run the agent: receive from the PACS, de-identify stable studies into the outbox."""
+    from agent import config as config_module
+    from agent.service import serve as run
+
+    raise typer.Exit(run(config_module.load(config)))
+
+
+@app.command()
+def status(config: ConfigFile, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Counts per state, oldest study waiting for delivery, disk use, and the quarantine."""
+    from agent import config as config_module
+    from agent.operate import status as read_status
+
+    report = read_status(config_module.load(config))
+    if as_json:
+        out.print_json(data=report)
+        return
+    studies = ", ".join(f"{k} {v}" for k, v in sorted(report["studies"].items())) or "none"
+    instances = ", ".join(f"{k} {v}" for k, v in sorted(report["instances"].items())) or "none"
+    out.print(f"studies: {studies}")
+    out.print(f"instances: {instances}")
+    oldest = report["oldest_waiting_s"]
+    out.print(f"waiting for delivery: {report['waiting_for_delivery']} stud(ies)"
+              + (f", oldest {oldest:.0f} s" if oldest is not None else ""))
+    out.print(f"spool: {report['spool_mb']} MB of {report['spool_quota_mb']} MB quota; outbox: {report['outbox_mb']} MB;"
+              f" disk free: {report['disk_free_mb']} MB")
+    out.print(f"quarantine: {len(report['quarantine'])} stud(ies)")
+    for entry in report["quarantine"]:
+        out.print(f"  {entry['study_key']}  {entry['reason']}  {entry['instances']} instance(s)")
+
+
+@quarantine_app.command("list")
+def quarantine_list(config: ConfigFile) -> None:
+    """Quarantined studies: key, reason, instances."""
+    from agent import config as config_module
+    from agent.operate import status as read_status
+
+    for entry in read_status(config_module.load(config))["quarantine"]:
+        out.print(f"{entry['study_key']}  {entry['reason']}  {entry['instances']} instance(s)")
+
+
+@quarantine_app.command("show")
+def quarantine_show(config: ConfigFile, study_key: Annotated[str, typer.Argument(help="A study key from `list`.")]) -> None:
+    """A study's instances with their reasons, and its audit trail, as JSON."""
+    from agent import config as config_module
+    from agent.operate import show
+
+    report = show(config_module.load(config), study_key)
+    if report is None:
+        raise UsageError(f"no study {study_key}")
+    out.print_json(data=report)
+
+
+@quarantine_app.command("release")
+def quarantine_release(config: ConfigFile, study_key: Annotated[str, typer.Argument()]) -> None:
+    """Send a quarantined study through the pipeline again (e.g. after a profile fix)."""
+    from agent import config as config_module
+    from agent.operate import release
+
+    count = release(config_module.load(config), study_key)
+    if not count:
+        raise UsageError(f"study {study_key} has no quarantined instance")
+    out.print(f"released {count} instance(s); the running agent processes them in its next round")
+
+
+@quarantine_app.command("purge")
+def quarantine_purge(config: ConfigFile, study_key: Annotated[str, typer.Argument()]) -> None:
+    """Delete a quarantined study's identifiable files; its audit trail stays."""
+    from agent import config as config_module
+    from agent.operate import purge
+
+    out.print(f"purged {purge(config_module.load(config), study_key)} instance(s)")
+
+
 def main() -> None:
     """Entry point: one place turns every AgentError into its message and exit code.
 

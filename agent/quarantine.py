@@ -26,6 +26,8 @@ class Reason(str, enum.Enum):
     RESIDUAL_IDENTIFIER = "residual_identifier"
     INVALID_OUTPUT = "invalid_output"
     DEIDENTIFICATION_FAILED = "deidentification_failed"
+    STUDY_QUARANTINED = "study_quarantined"  # another instance of the study was refused
+    UNREADABLE = "unreadable"  # the spooled file cannot be parsed any more
 
 
 @dataclass(frozen=True)

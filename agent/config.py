@@ -1,0 +1,188 @@
+"""The agent's configuration: one YAML file, checked whole at start-up.
+
+Every key is declared here with its type, default and check; `load` refuses unknown keys and bad
+values with the file, the key and what is expected (`config.yaml: receive.port: an integer from 1
+to 65535, got 'eleven'`). Relative paths are relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from agent.errors import AgentError
+
+
+class ConfigError(AgentError):
+    """The configuration cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A DICOM peer allowed to associate: its calling AE title and the address it comes from."""
+
+    ae_title: str
+    address: str
+
+
+@dataclass(frozen=True)
+class ReceiveConfig:
+    ae_title: str = "NMIP_AGENT"
+    bind_address: str = "0.0.0.0"
+    port: int = 11112
+    allowed_peers: tuple[Peer, ...] = ()
+    max_associations: int = 8
+    network_timeout_s: float = 30.0
+    idle_timeout_s: float = 60.0
+    max_pdu_bytes: int = 262_144
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    directory: Path = Path("var/spool")
+    quota_mb: int = 20_480
+    min_free_mb: int = 1_024
+    retention_days: int = 30
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    profile: str = "nccid"
+    key_file: Path = Path("var/site.key")
+    database: Path = Path("var/state.sqlite")
+    outbox: Path = Path("var/outbox")
+    quarantine: Path = Path("var/quarantine")
+    quiet_period_s: float = 60.0
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    receive: ReceiveConfig = field(default_factory=ReceiveConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: Path = Path("config.yaml")
+
+
+# -- checks: each returns the value or raises ValueError with "what is expected" ----------------
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"an integer from {lo} to {hi}")
+        return value
+
+    return check
+
+
+def _number(lo: float, hi: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise ValueError(f"a number from {lo:g} to {hi:g}")
+        return float(value)
+
+    return check
+
+
+def _ae_title(value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value.strip()) <= 16 or "\\" in value or not value.isascii():
+        raise ValueError("an AE title: 1 to 16 ASCII characters, no backslash")
+    return value.strip()
+
+
+def _address(value: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise ValueError("an IP address such as 0.0.0.0 or 10.1.2.3") from None
+
+
+def _text(choices: tuple[str, ...] | None = None) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not value.strip() or (choices and value not in choices):
+            raise ValueError(f"one of {', '.join(choices)}" if choices else "a non-empty string")
+        return value.strip()
+
+    return check
+
+
+def _peers(value: Any) -> tuple[Peer, ...]:
+    if not isinstance(value, list):
+        raise ValueError("a list of {ae_title, address} entries")
+    peers = []
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict) or set(entry) != {"ae_title", "address"}:
+            raise ValueError(f"entry {index}: a mapping with exactly ae_title and address")
+        try:
+            peers.append(Peer(_ae_title(entry["ae_title"]), _address(entry["address"])))
+        except ValueError as exc:
+            raise ValueError(f"entry {index}: {exc}") from None
+    return tuple(peers)
+
+
+_CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "receive": {
+        "ae_title": _ae_title, "bind_address": _address, "port": _int(1, 65535), "allowed_peers": _peers,
+        "max_associations": _int(1, 64), "network_timeout_s": _number(1, 3600), "idle_timeout_s": _number(1, 86400),
+        "max_pdu_bytes": _int(4096, 16_777_216),
+    },
+    "spool": {"directory": Path, "quota_mb": _int(1, 10_000_000), "min_free_mb": _int(0, 10_000_000),
+              "retention_days": _int(1, 3650)},
+    "pipeline": {"profile": _text(), "key_file": Path, "database": Path, "outbox": Path, "quarantine": Path,
+                 "quiet_period_s": _number(0, 86400), "workers": _int(1, 64)},
+    "log": {"level": _text(("debug", "info", "warning", "error"))},
+}  # fmt: skip
+_SECTIONS: dict[str, type] = {"receive": ReceiveConfig, "spool": SpoolConfig, "pipeline": PipelineConfig, "log": LogConfig}
+
+
+def load(path: Path) -> Config:
+    """Read and check `path`; every problem is a ConfigError naming the file and the key."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(_SECTIONS)})")
+    unknown = set(data) - set(_SECTIONS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown section {sorted(unknown)[0]!r}; expected {', '.join(_SECTIONS)}")
+    sections = {name: _section(path, name, data.get(name) or {}) for name in _SECTIONS}
+    return Config(**sections, source=path)
+
+
+def _section(path: Path, name: str, values: Any) -> Any:
+    cls = _SECTIONS[name]
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: {name}: expected a mapping")
+    unknown = set(values) - set(_CHECKS[name])
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(f"{path}: {name}.{key}: unknown key; expected one of {', '.join(_CHECKS[name])}")
+    checked = {}
+    for key, value in values.items():
+        try:
+            checked[key] = _CHECKS[name][key](value)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{path}: {name}.{key}: {exc}, got {value!r}") from None
+    for spec in fields(cls):
+        value = checked.get(spec.name, getattr(cls(), spec.name))
+        if isinstance(value, Path) and not value.is_absolute():
+            checked[spec.name] = (path.parent / value).resolve()
+    return cls(**checked)

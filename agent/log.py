@@ -1,0 +1,46 @@
+"""Logging: structlog JSON lines on stdout, configured once at start-up.
+
+Events are snake_case facts (`instance_stored`, `study_quarantined`) with pseudonymous fields
+only: opaque study keys, pseudonyms, reason codes, AE titles and addresses of peers. Exceptions
+are rendered without local variables (they would print identifiers), and pynetdicom's own DIMSE
+dumps, which carry UIDs, are switched off.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+
+def configure(level: str = "info") -> None:
+    """JSON to stdout; stdlib records (pynetdicom's) go through the same renderer."""
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)), structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.JSONRenderer()],
+        foreign_pre_chain=shared,
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    # pynetdicom logs each DIMSE message, with UIDs, at INFO and DEBUG: keep only its warnings.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def get(name: str) -> Any:
+    return structlog.get_logger(name)

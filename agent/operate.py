@@ -1,0 +1,92 @@
+"""What `status` and `quarantine` show and do: read from the state database, on site.
+
+Only opaque study keys, pseudonyms, counts, reason codes and times: a status report can be pasted
+into a support ticket.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config
+from agent.pipeline import outbox_bytes
+from agent.spool.state import State
+from agent.spool.store import Spool
+
+_MB = 1024 * 1024
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+
+
+def status(config: Config) -> dict[str, Any]:
+    """Counts per state, the oldest waiting study's age, disk use, and the quarantine."""
+    state = State(config.pipeline.database)
+    try:
+        counts = state.counts()
+        oldest = state.oldest("queued")
+        quarantined = [
+            {"study_key": s.study_key, "reason": s.reason, "since": s.updated_at,
+             "instances": len(state.instances(s.study_key))}
+            for s in state.studies("quarantined")
+        ]
+        spool_used = state.spool_bytes()
+    finally:
+        state.close()
+    return {
+        "studies": counts["studies"],
+        "instances": counts["instances"],
+        "waiting_for_delivery": counts["studies"].get("queued", 0),
+        "oldest_waiting_s": None if oldest is None else round(time.time() - oldest, 1),
+        "spool_mb": round(spool_used / _MB, 1),
+        "spool_quota_mb": config.spool.quota_mb,
+        "outbox_mb": round(outbox_bytes(config.pipeline.outbox) / _MB, 1) if config.pipeline.outbox.exists() else 0.0,
+        "disk_free_mb": round(shutil.disk_usage(config.spool.directory).free / _MB)
+        if config.spool.directory.exists() else None,
+        "quarantine": quarantined,
+    }
+
+
+def show(config: Config, study_key: str) -> dict[str, Any] | None:
+    state = State(config.pipeline.database)
+    try:
+        study = state.study(study_key)
+        if study is None:
+            return None
+        return {
+            "study_key": study.study_key, "state": study.state, "reason": study.reason,
+            "pseudonym": study.pseudonym, "output_study": study.output_study,
+            "instances": [{"sop_key": i.sop_key, "state": i.state, "reason": i.reason, "detail": i.detail}
+                          for i in state.instances(study_key)],
+            "audit": [{"at": at, "sop_key": sop, "event": event, "detail": detail}
+                      for at, sop, event, detail in state.audit_trail(study_key)],
+        }
+    finally:
+        state.close()
+
+
+def release(config: Config, study_key: str) -> int:
+    state = State(config.pipeline.database)
+    try:
+        return state.release(study_key)
+    finally:
+        state.close()
+
+
+def purge(config: Config, study_key: str) -> int:
+    """Delete a quarantined study's identifiable files (spool and quarantine copies)."""
+    state = State(config.pipeline.database)
+    spool = Spool(config.spool.directory, quota_bytes=0, min_free_bytes=0)
+    try:
+        keys = state.purge(study_key)
+    finally:
+        state.close()
+    for sop_key in keys:
+        spool.remove(sop_key)
+        for suffix in (".dcm", ".json"):
+            (config.pipeline.quarantine / f"{sop_key}{suffix}").unlink(missing_ok=True)
+    return len(keys)

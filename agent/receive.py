@@ -1,0 +1,180 @@
+"""The DICOM receiver: a pynetdicom SCP that answers success only once an instance is durable.
+
+C-ECHO, and C-STORE for every storage SOP class in the usual transfer syntaxes. Associations are
+accepted only from the configured (calling AE title, address) pairs. Each dataset is taken as
+the bytes the peer sent (never decoded and re-encoded), its header parsed just enough to know its
+study, written to the spool with fsync and rename, recorded in the state database, and only then
+answered. Statuses (PS3.4 Annex B.2.3): 0x0000 success, 0xA700 out of resources (disk, quota or
+database: the sender retries), 0xC210 cannot understand (not a parseable dataset).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from typing import Any
+
+from pydicom import dcmread
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from agent import log
+from agent.config import ReceiveConfig
+from agent.deidentify.pseudonym import Pseudonymiser
+from agent.spool.state import State
+from agent.spool.store import NoSpace, Spool
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3: Refused, Out of Resources
+CANNOT_UNDERSTAND = 0xC210  # PS3.4 B.2.3: Error, Cannot Understand
+
+# Set once, here: pynetdicom's per-message logging prints UIDs, and its default handler decodes
+# every dataset, which we never want.
+_config.LOG_HANDLER_LEVEL = "none"
+_config.STORE_RECV_CHUNKED_DATASET = False
+
+_log = log.get("receive")
+
+
+class Receiver:
+    """The SCP; `start` returns once it listens, `stop` closes it and its associations."""
+
+    def __init__(self, config: ReceiveConfig, spool: Spool, state: State, names: Pseudonymiser) -> None:
+        self.config = config
+        self.spool = spool
+        self.state = state
+        self.names = names
+        self._allowed = {(p.ae_title, p.address) for p in config.allowed_peers}
+        self._counts: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._server: Any = None
+        self.ae = self._make_ae()
+
+    def _make_ae(self) -> AE:
+        ae = AE(ae_title=self.config.ae_title)
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+        ae.require_called_aet = True
+        ae.maximum_associations = self.config.max_associations
+        ae.network_timeout = self.config.idle_timeout_s
+        ae.acse_timeout = self.config.network_timeout_s
+        ae.dimse_timeout = self.config.network_timeout_s
+        ae.maximum_pdu_size = self.config.max_pdu_bytes
+        return ae
+
+    def start(self) -> None:
+        handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_C_ECHO, lambda event: SUCCESS),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        self._server = self.ae.start_server(
+            (self.config.bind_address, self.config.port), block=False, evt_handlers=handlers
+        )
+        _log.info("receiver_listening", ae_title=self.config.ae_title, address=self.config.bind_address,
+                  port=self.port)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1]) if self._server is not None else self.config.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.ae.shutdown()
+
+    # -- associations -------------------------------------------------------------------------
+
+    def _on_requested(self, event: Any) -> None:
+        """Reject, before negotiation, any peer not in the allow-list (AE title and address)."""
+        calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
+        address = str(event.assoc.requestor.address)
+        if (calling, address) not in self._allowed:
+            _log.warning("association_rejected", calling_ae_title=calling, address=address,
+                         reason="not an allowed peer")
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, calling AE not recognised
+            event.assoc.kill()
+
+    def _on_established(self, event: Any) -> None:
+        with self._lock:
+            self._counts[id(event.assoc)] = 0
+            active = len(self._counts)
+        _log.info("association_opened", calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
+                  address=str(event.assoc.requestor.address), active=active)
+
+    def _on_closed(self, event: Any) -> None:
+        with self._lock:
+            stored = self._counts.pop(id(event.assoc), None)
+        if stored is not None:
+            _log.info("association_closed", calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
+                      address=str(event.assoc.requestor.address), instances=stored,
+                      aborted=event.event is evt.EVT_ABORTED)
+
+    # -- C-STORE ------------------------------------------------------------------------------
+
+    def _on_store(self, event: Any) -> int:
+        """Spool the instance durably, then answer; every failure is a status, never an exception."""
+        try:
+            data: bytes = event.encoded_dataset(include_meta=True)
+            sop_uid, study_uid = _identify(data)
+        except Exception:
+            _log.warning("instance_refused", status="0xC210", reason="not a parseable dataset")
+            return CANNOT_UNDERSTAND
+        sop_key = self.names.opaque_name(sop_uid)
+        study_key = self.names.opaque_name(study_uid)
+        try:
+            self.spool.check_room(len(data), self.state.spool_bytes())
+            self.spool.store(sop_key, data)
+            follow_up = self.state.record_received(sop_key, study_key, len(data))
+        except NoSpace as exc:
+            _log.warning("instance_refused", status="0xA700", reason=exc.strerror, study_key=study_key)
+            return OUT_OF_RESOURCES
+        except Exception as exc:  # the database or the disk failed: the sender must retry
+            _log.error("instance_refused", status="0xA700", reason=type(exc).__name__, study_key=study_key)
+            return OUT_OF_RESOURCES
+        with self._lock:
+            self._counts[id(event.assoc)] = self._counts.get(id(event.assoc), 0) + 1
+        if follow_up:
+            _log.info("study_reopened", study_key=study_key)
+        return SUCCESS
+
+
+_PIXEL_DATA = 0x7FE00010
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = b"\xfe\xff\x00\xe0"
+
+
+def _check_fragments(value: bytes) -> None:
+    """Every item of encapsulated pixel data must fit in the bytes received."""
+    position = 0
+    while position + 8 <= len(value) and value[position : position + 4] == _ITEM:
+        position += 8 + int.from_bytes(value[position + 4 : position + 8], "little")
+    if position > len(value):
+        raise ValueError("encapsulated pixel data cut inside a fragment")
+
+
+def _identify(data: bytes) -> tuple[str, str]:
+    """The SOP Instance and Study Instance UIDs, after checking the dataset is whole.
+
+    Elements are parsed but not decoded. pydicom accepts a value shorter than its declared length
+    at the end of a stream, so the pixel data's length is checked here: a truncated instance is
+    refused while the sender can still resend it.
+    """
+    ds = dcmread(io.BytesIO(data))
+    sop_uid, study_uid = str(ds.SOPInstanceUID).strip(), str(ds.StudyInstanceUID).strip()
+    if not sop_uid or not study_uid:
+        raise ValueError("missing UIDs")
+    if _PIXEL_DATA in ds:
+        pixels = ds.get_item(_PIXEL_DATA)
+        length = getattr(pixels, "length", None)
+        value = pixels.value if isinstance(pixels.value, bytes) else b""
+        if length == _UNDEFINED:
+            _check_fragments(value)
+        elif length is not None and len(value) != length:
+            raise ValueError("pixel data shorter than its declared length")
+    return sop_uid, study_uid

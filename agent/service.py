@@ -1,0 +1,78 @@
+"""`nmip-agent serve`: the receiver and the pipeline, started together and stopped cleanly.
+
+On SIGTERM or SIGINT the receiver stops accepting (associations in progress are closed; what
+they had not been told was stored, the PACS sends again), the pipeline finishes or abandons the
+study in hand (it stays `stable` and resumes at the next start), and the workers exit.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+from agent import log
+from agent.config import Config
+from agent.deidentify import load_profile
+from agent.deidentify.pseudonym import Pseudonymiser
+from agent.keys import load_key_file
+from agent.pipeline import Pipeline
+from agent.receive import Receiver
+from agent.spool.state import State
+from agent.spool.store import Spool
+
+_log = log.get("service")
+_MB = 1024 * 1024
+
+
+class Service:
+    """Everything `serve` runs, built from one checked Config."""
+
+    def __init__(self, config: Config) -> None:
+        profile = load_profile(config.pipeline.profile)
+        key = load_key_file(config.pipeline.key_file)
+        self.config = config
+        self.state = State(config.pipeline.database)
+        self.spool = Spool(config.spool.directory, quota_bytes=config.spool.quota_mb * _MB,
+                           min_free_bytes=config.spool.min_free_mb * _MB)
+        self.pipeline = Pipeline(
+            self.state, self.spool, profile=config.pipeline.profile, key_file=config.pipeline.key_file,
+            outbox=config.pipeline.outbox, quarantine_dir=config.pipeline.quarantine,
+            quiet_period_s=config.pipeline.quiet_period_s, workers=config.pipeline.workers,
+        )
+        self.receiver = Receiver(config.receive, self.spool, self.state, Pseudonymiser(key, profile.pseudonym))
+        self.key_id = key.key_id
+        self.profile = profile
+
+    def start(self) -> None:
+        self.pipeline.start()
+        self.receiver.start()
+        _log.info("agent_started", profile=self.profile.name, key_id=self.key_id,
+                  quiet_period_s=self.config.pipeline.quiet_period_s, workers=self.config.pipeline.workers)
+
+    def stop(self) -> None:
+        self.receiver.stop()
+        self.pipeline.stop()
+        self.state.close()
+        _log.info("agent_stopped")
+
+
+def serve(config: Config) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit code."""
+    log.configure(config.log.level)
+    service = Service(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        _log.info("agent_stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        service.start()
+        stop.wait()
+    finally:
+        service.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

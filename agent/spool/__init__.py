@@ -1,0 +1,1 @@
+"""The on-site spool: identifiable instances as received, and the state of every study."""

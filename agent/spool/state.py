@@ -1,0 +1,280 @@
+"""The state database: every instance and study, where it is, and how it got there.
+
+SQLite in WAL mode with synchronous=FULL: a committed transaction survives a kill -9 and a power
+cut. One connection per thread (pynetdicom calls handlers on association threads). Keys are
+opaque keyed hashes; only the crosswalk table holds source identifiers, and it stays on site.
+
+Study states: receiving -> stable -> deidentified -> queued (waiting for delivery), or
+quarantined with a reason. Instance states: received -> deidentified, or quarantined, or purged.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_key     TEXT PRIMARY KEY,
+    study_key   TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    state       TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    output      TEXT,
+    reason      TEXT,
+    detail      TEXT
+);
+CREATE INDEX IF NOT EXISTS instances_by_study ON instances (study_key, state);
+CREATE TABLE IF NOT EXISTS studies (
+    study_key        TEXT PRIMARY KEY,
+    state            TEXT NOT NULL,
+    last_received_at REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    pseudonym        TEXT,
+    output_study     TEXT,
+    reason           TEXT
+);
+CREATE INDEX IF NOT EXISTS studies_by_state ON studies (state, last_received_at);
+CREATE TABLE IF NOT EXISTS audit (
+    id        INTEGER PRIMARY KEY,
+    at        REAL NOT NULL,
+    study_key TEXT,
+    sop_key   TEXT,
+    event     TEXT NOT NULL,
+    detail    TEXT
+);
+CREATE TABLE IF NOT EXISTS crosswalk (
+    kind   TEXT NOT NULL,
+    id_old TEXT NOT NULL,
+    id_new TEXT NOT NULL,
+    PRIMARY KEY (kind, id_old)
+);
+"""
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    sop_key: str
+    study_key: str
+    size: int
+    state: str
+    received_at: float
+    output: str | None
+    reason: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    study_key: str
+    state: str
+    last_received_at: float
+    updated_at: float
+    pseudonym: str | None
+    output_study: str | None
+    reason: str | None
+
+
+class State:
+    """The agent's database; safe to share between threads (each gets its own connection)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._local = threading.local()
+        self._db().executescript(_SCHEMA)  # executescript commits on its own
+        path.chmod(0o600)
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=30000")
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    # -- receive ------------------------------------------------------------------------------
+
+    def spool_bytes(self) -> int:
+        """Bytes of identifiable data held in the spool (what the quota counts)."""
+        row = self._db().execute("SELECT COALESCE(SUM(size), 0) FROM instances WHERE state != 'purged'").fetchone()
+        return int(row[0])
+
+    def record_received(self, sop_key: str, study_key: str, size: int, now: float | None = None) -> bool:
+        """An instance is durably spooled. A resent instance replaces the earlier one, counted once.
+
+        Returns True when it reopens a study that had already been processed (a follow-up).
+        """
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO instances (sop_key, study_key, size, state, received_at) VALUES (?, ?, ?, 'received', ?)"
+                " ON CONFLICT (sop_key) DO UPDATE SET study_key = excluded.study_key, size = excluded.size,"
+                " state = 'received', received_at = excluded.received_at, output = NULL, reason = NULL, detail = NULL",
+                (sop_key, study_key, size, now),
+            )
+            row = db.execute("SELECT state FROM studies WHERE study_key = ?", (study_key,)).fetchone()
+            follow_up = row is not None and row[0] not in ("receiving",)
+            db.execute(
+                "INSERT INTO studies (study_key, state, last_received_at, updated_at) VALUES (?, 'receiving', ?, ?)"
+                " ON CONFLICT (study_key) DO UPDATE SET state = 'receiving', last_received_at = excluded.last_received_at,"
+                " updated_at = excluded.updated_at",
+                (study_key, now, now),
+            )
+            if row is None or follow_up:
+                self._audit(db, now, study_key, None, "study_receiving", "follow-up" if follow_up else "new")
+            self._audit(db, now, study_key, sop_key, "instance_received", None)
+        return follow_up
+
+    # -- pipeline -----------------------------------------------------------------------------
+
+    def mark_stable(self, quiet_period_s: float, now: float | None = None) -> list[str]:
+        """Studies with nothing received for the quiet period become stable; returns their keys."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            keys = [r[0] for r in db.execute(
+                "SELECT study_key FROM studies WHERE state = 'receiving' AND last_received_at <= ?",
+                (now - quiet_period_s,),
+            )]
+            for key in keys:
+                db.execute("UPDATE studies SET state = 'stable', updated_at = ? WHERE study_key = ?", (now, key))
+                self._audit(db, now, key, None, "study_stable", None)
+        return keys
+
+    def stable_studies(self) -> list[str]:
+        return [r[0] for r in self._db().execute("SELECT study_key FROM studies WHERE state = 'stable' ORDER BY updated_at")]
+
+    def pending_instances(self, study_key: str) -> list[InstanceRow]:
+        """Instances of a study still to de-identify (received, or interrupted by a crash)."""
+        rows = self._db().execute(
+            "SELECT * FROM instances WHERE study_key = ? AND state = 'received' ORDER BY received_at", (study_key,)
+        )
+        return [InstanceRow(*r) for r in rows]
+
+    def finish_study(
+        self,
+        study_key: str,
+        outcomes: dict[str, tuple[str, str | None, str | None, str | None]],
+        *,
+        pseudonym: str | None,
+        output_study: str | None,
+        crosswalk: list[tuple[str, str, str]],
+        expected_received_at: dict[str, float],
+    ) -> str:
+        """Record a study's de-identification in one transaction; returns the study's new state.
+
+        `outcomes` maps sop_key to (state, output, reason, detail). An instance resent while the
+        study was being processed (its received_at changed) stays `received` for the next round.
+        """
+        now = time.time()
+        with self._tx() as db:
+            for sop_key, (state, output, reason, detail) in outcomes.items():
+                db.execute(
+                    "UPDATE instances SET state = ?, output = ?, reason = ?, detail = ?"
+                    " WHERE sop_key = ? AND state = 'received' AND received_at = ?",
+                    (state, output, reason, detail, sop_key, expected_received_at[sop_key]),
+                )
+                self._audit(db, now, study_key, sop_key, f"instance_{state}", reason)
+            db.executemany("INSERT OR IGNORE INTO crosswalk (kind, id_old, id_new) VALUES (?, ?, ?)", crosswalk)
+            quarantined = any(o[0] == "quarantined" for o in outcomes.values())
+            row = db.execute("SELECT state FROM studies WHERE study_key = ?", (study_key,)).fetchone()
+            if row is not None and row[0] != "stable":
+                return str(row[0])  # reopened by a new instance meanwhile: it will be processed again
+            if quarantined:
+                reason = next(o[2] for o in outcomes.values() if o[0] == "quarantined")
+                db.execute("UPDATE studies SET state = 'quarantined', reason = ?, updated_at = ? WHERE study_key = ?",
+                           (reason, now, study_key))
+                self._audit(db, now, study_key, None, "study_quarantined", reason)
+                return "quarantined"
+            db.execute(
+                "UPDATE studies SET state = 'queued', reason = NULL, updated_at = ?,"
+                " pseudonym = COALESCE(?, pseudonym), output_study = COALESCE(?, output_study) WHERE study_key = ?",
+                (now, pseudonym, output_study, study_key),
+            )
+            self._audit(db, now, study_key, None, "study_deidentified", None)
+            self._audit(db, now, study_key, None, "study_queued", None)
+            return "queued"
+
+    # -- operators ----------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        db = self._db()
+        return {
+            "studies": dict(db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state").fetchall()),
+            "instances": dict(db.execute("SELECT state, COUNT(*) FROM instances GROUP BY state").fetchall()),
+        }
+
+    def oldest(self, state: str) -> float | None:
+        row = self._db().execute("SELECT MIN(updated_at) FROM studies WHERE state = ?", (state,)).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def studies(self, state: str | None = None) -> list[StudyRow]:
+        query = "SELECT * FROM studies" + (" WHERE state = ?" if state else "") + " ORDER BY updated_at"
+        return [StudyRow(*r) for r in self._db().execute(query, (state,) if state else ())]
+
+    def study(self, study_key: str) -> StudyRow | None:
+        row = self._db().execute("SELECT * FROM studies WHERE study_key = ?", (study_key,)).fetchone()
+        return None if row is None else StudyRow(*row)
+
+    def instances(self, study_key: str) -> list[InstanceRow]:
+        rows = self._db().execute("SELECT * FROM instances WHERE study_key = ? ORDER BY received_at", (study_key,))
+        return [InstanceRow(*r) for r in rows]
+
+    def release(self, study_key: str) -> int:
+        """Send a quarantined study through the pipeline again (after a profile fix)."""
+        now = time.time()
+        with self._tx() as db:
+            count = db.execute(
+                "UPDATE instances SET state = 'received', reason = NULL, detail = NULL, output = NULL"
+                " WHERE study_key = ? AND state = 'quarantined'", (study_key,),
+            ).rowcount
+            db.execute("UPDATE studies SET state = 'stable', reason = NULL, updated_at = ? WHERE study_key = ?",
+                       (now, study_key))
+            self._audit(db, now, study_key, None, "study_released", f"{count} instance(s)")
+        return int(count)
+
+    def purge(self, study_key: str) -> list[str]:
+        """Forget a quarantined study's instances; returns their keys so their files can go."""
+        now = time.time()
+        with self._tx() as db:
+            keys = [r[0] for r in db.execute(
+                "SELECT sop_key FROM instances WHERE study_key = ? AND state = 'quarantined'", (study_key,))]
+            db.execute("UPDATE instances SET state = 'purged' WHERE study_key = ? AND state = 'quarantined'",
+                       (study_key,))
+            db.execute("UPDATE studies SET state = 'purged', updated_at = ? WHERE study_key = ?", (now, study_key))
+            self._audit(db, now, study_key, None, "study_purged", f"{len(keys)} instance(s)")
+        return keys
+
+    def audit_trail(self, study_key: str) -> list[tuple[float, str | None, str, str | None]]:
+        return list(self._db().execute(
+            "SELECT at, sop_key, event, detail FROM audit WHERE study_key = ? ORDER BY id", (study_key,)))
+
+    @staticmethod
+    def _audit(db: sqlite3.Connection, at: float, study_key: str | None, sop_key: str | None, event: str,
+               detail: str | None) -> None:
+        db.execute("INSERT INTO audit (at, study_key, sop_key, event, detail) VALUES (?, ?, ?, ?, ?)",
+                   (at, study_key, sop_key, event, detail))

@@ -1,0 +1,85 @@
+"""Durable files: written whole or not at all, and on disk before anyone is told they are.
+
+One place for the pattern borg uses: a temporary file in the target folder, fsync, rename over
+the target, fsync the folder. Spool file names are opaque keyed hashes, never UIDs or names.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class NoSpace(OSError):
+    """The disk or the spool quota cannot take this write."""
+
+
+def sync_dir(path: Path) -> None:
+    """fsync a folder so a rename into it survives a power cut."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some network filesystems refuse fsync on a directory (EINVAL): their renames are
+        # already synchronous, so there is nothing more to do.
+        if exc.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
+
+
+def save_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Write `path` durably: temp file, fsync, rename, fsync the folder. Raises NoSpace when full."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        sync_dir(path.parent)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(exc.errno, "no space left for the spool") from None
+        raise
+
+
+class Spool:
+    """Identifiable instances as received, under opaque names, mode 0700/0600."""
+
+    def __init__(self, directory: Path, *, quota_bytes: int, min_free_bytes: int) -> None:
+        self.directory = directory
+        self.quota_bytes = quota_bytes
+        self.min_free_bytes = min_free_bytes
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(directory, 0o700)
+
+    def path_of(self, sop_key: str) -> Path:
+        return self.directory / sop_key[:2] / f"{sop_key}.dcm"
+
+    def check_room(self, incoming: int, used: int) -> None:
+        """Refuse a write that would pass the quota or leave the disk under its free-space floor."""
+        if used + incoming > self.quota_bytes:
+            raise NoSpace(errno.EDQUOT, "spool quota reached")
+        if shutil.disk_usage(self.directory).free - incoming < self.min_free_bytes:
+            raise NoSpace(errno.ENOSPC, "disk free space under the configured floor")
+
+    def store(self, sop_key: str, data: bytes) -> Path:
+        path = self.path_of(sop_key)
+        save_file(path, data)
+        return path
+
+    def remove(self, sop_key: str) -> None:
+        try:
+            self.path_of(sop_key).unlink()
+        except FileNotFoundError:
+            pass
