@@ -3,6 +3,8 @@
 #
 #   dicom3tools  dciodvfy: validates our synthetic and de-identified objects against the IODs
 #   dcmtk        storescu/echoscu: drive the agent's DICOM listener in integration tests
+#   orthanc      a real PACS that pushes studies to the agent (tests/peers/orthanc.py starts
+#                its own instance with a temporary config; the system service is not used)
 #   python3-venv `make test` builds .venv with `python3 -m venv` (Debian splits ensurepip out)
 #
 # Idempotent: when every package is already installed it touches nothing (no apt,
@@ -10,7 +12,7 @@
 # on a bare CI clone. Extra package names may be given as arguments.
 set -euo pipefail
 
-PACKAGES=(dicom3tools dcmtk python3-venv "$@")
+PACKAGES=(dicom3tools dcmtk orthanc python3-venv "$@")
 
 die() { echo "install-debian-packages: $*" >&2; exit 1; }
 
@@ -39,6 +41,24 @@ else
     die "not root and sudo is not available; run as root: apt-get install ${missing[*]}"
 fi
 
+# The orthanc package starts and enables its system service on install. The tests never use
+# it (tests/peers/orthanc.py runs its own Orthanc on free ports with a temporary config), and a
+# PACS left listening on 4242/8042 is not something to leave behind, so while apt runs a
+# policy-rc.d (Debian's hook that invoke-rc.d and deb-systemd-invoke consult) forbids starting
+# it, and afterwards the service is disabled. A policy-rc.d already in place (containers have
+# one that forbids every start) is left alone.
+POLICY=/usr/sbin/policy-rc.d
+temporary_policy=false
+orthanc_new=false
+for pkg in "${missing[@]}"; do [ "$pkg" = orthanc ] && orthanc_new=true; done
+if $orthanc_new && [ ! -e "$POLICY" ]; then
+    printf '#!/bin/sh\n# install-debian-packages: do not start the orthanc service\n[ "$1" = orthanc ] && exit 101\nexit 0\n' \
+        | "${SUDO[@]}" tee "$POLICY" >/dev/null
+    "${SUDO[@]}" chmod 755 "$POLICY"
+    temporary_policy=true
+    trap '"${SUDO[@]}" rm -f "$POLICY"' EXIT
+fi
+
 export DEBIAN_FRONTEND=noninteractive
 echo "install-debian-packages: installing: ${missing[*]}"
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q \
@@ -49,4 +69,13 @@ echo "install-debian-packages: installing: ${missing[*]}"
 for pkg in "${missing[@]}"; do
     is_installed "$pkg" || die "$pkg still not installed after apt-get install"
 done
+
+if $orthanc_new && command -v systemctl >/dev/null 2>&1; then
+    "${SUDO[@]}" systemctl disable orthanc.service >/dev/null 2>&1 \
+        || echo "install-debian-packages: note: could not disable orthanc.service (not needed by the tests)" >&2
+fi
+if $temporary_policy; then
+    "${SUDO[@]}" rm -f "$POLICY"
+    trap - EXIT
+fi
 echo "install-debian-packages: done"
