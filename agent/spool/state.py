@@ -205,7 +205,9 @@ class State:
             if row is not None and row[0] != "stable":
                 return str(row[0])  # reopened by a new instance meanwhile: it will be processed again
             if quarantined:
-                reason = next(o[2] for o in outcomes.values() if o[0] == "quarantined")
+                # The study's reason is the first instance's own refusal, not its consequence.
+                reasons = [o[2] for o in outcomes.values() if o[0] == "quarantined"]
+                reason = next((r for r in reasons if r != "study_quarantined"), reasons[0])
                 db.execute("UPDATE studies SET state = 'quarantined', reason = ?, updated_at = ? WHERE study_key = ?",
                            (reason, now, study_key))
                 self._audit(db, now, study_key, None, "study_quarantined", reason)

@@ -1,0 +1,128 @@
+"""Run the real daemon (`nmip-agent serve`) as a subprocess for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.keys import init_key_file
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Daemon:
+    """A configured agent in `root`; start, stop (SIGTERM), kill (SIGKILL), status."""
+
+    def __init__(self, root: Path, **overrides: Any) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        key = root / "site.key"
+        if not key.exists():
+            init_key_file(key)
+        config: dict[str, Any] = {
+            "receive": {"ae_title": "NMIP_AGENT", "bind_address": "127.0.0.1", "port": self.port,
+                        "allowed_peers": [{"ae_title": "STORESCU", "address": "127.0.0.1"},
+                                          {"ae_title": "ORTHANC", "address": "127.0.0.1"},
+                                          {"ae_title": "PYNETDICOM", "address": "127.0.0.1"}]},
+            "spool": {"directory": "spool"},
+            "pipeline": {"key_file": "site.key", "database": "state.sqlite", "outbox": "outbox",
+                         "quarantine": "quarantine", "quiet_period_s": 1, "workers": 1},
+        }
+        for dotted, value in overrides.items():
+            section, key_name = dotted.split("__")
+            config[section][key_name] = value
+        self.config_path = root / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = root / "agent.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "Daemon":
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "serve", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+        )
+        log.close()
+        wait_for(lambda: port_open(self.port) or self.process.poll() is not None, what="the agent's port")
+        assert self.process.poll() is None, self.log_path.read_text()
+        return self
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(60)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.process = None
+
+    def status(self) -> dict[str, Any]:
+        run = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--config", str(self.config_path), "--json"],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        return dict(json.loads(run.stdout))
+
+    def wait_queued(self, studies: int, timeout: float = 60.0) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            report = self.status()
+            settled = report["studies"].get("queued", 0) + report["studies"].get("quarantined", 0)
+            busy = report["studies"].get("receiving", 0) + report["studies"].get("stable", 0)
+            return report if settled >= studies and not busy else None
+
+        return wait_for(done, timeout, interval=0.3, what=f"{studies} settled stud(ies)")
+
+    def outbox_files(self) -> list[Path]:
+        return sorted(p for p in (self.root / "outbox").rglob("*.dcm") if ".staging" not in p.parts)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text()
+
+    def __enter__(self) -> "Daemon":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.stop()
+
+
+def storescu(port: int, paths: list[Path], *, calling_ae: str = "STORESCU", extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """DCMTK's storescu as the PACS (TCP_NODELAY=1, or it stalls 40 ms per instance)."""
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    return subprocess.run(["storescu", "-v", "-aet", calling_ae, "-aec", "NMIP_AGENT", *extra, "127.0.0.1", str(port),
+                           *map(str, paths)], capture_output=True, text=True, env=env, timeout=300)
