@@ -83,9 +83,16 @@ class Receiver:
         return int(self._server.server_address[1]) if self._server is not None else self.config.port
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        """Stop accepting, then abort associations still open: an instance they had not been told
+        was stored is resent by the PACS, and one still waiting for its first PDU would otherwise
+        hold the shutdown for the whole ACSE timeout."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.socket.close()  # refuse new connections at once
+        for assoc in list(self.ae.active_associations):
+            assoc.abort()
+        if server is not None:
+            server.shutdown()
         self.ae.shutdown()
 
     # -- associations -------------------------------------------------------------------------
