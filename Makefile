@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # send it a study from another terminal with the command the README gives.
 RUN_ARGS    ?= serve --config config.example.yaml
 
-.PHONY: test run bench clean debian-packages venv
+.PHONY: test run send-sample status bench clean debian-packages venv
 
 test: debian-packages $(VENV_STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
@@ -20,6 +20,15 @@ run: $(VENV_STAMP) var/site.key
 var/site.key: | $(VENV_STAMP)
 	mkdir -p -m 700 var
 	$(VENV)/bin/nmip-agent keys init --key-file $@
+
+# From another terminal while `make run` is up: send a public sample CT as the PACS would, then
+# look at the agent's state (the study is de-identified once the quiet period, 60 s, has passed).
+SAMPLE = $$($(VENV)/bin/python -c "from pydicom.data import get_testdata_file as g; print(g('CT_small.dcm'))")
+send-sample: $(VENV_STAMP)
+	TCP_NODELAY=1 storescu -v -aet STORESCU -aec NMIP_AGENT 127.0.0.1 11112 $(SAMPLE)
+
+status: $(VENV_STAMP)
+	$(VENV)/bin/nmip-agent status --config config.example.yaml
 
 bench: $(VENV_STAMP)
 	$(VENV)/bin/python bench/deid.py
