@@ -128,3 +128,26 @@ def test_refused_instance_quarantines_its_study_with_reasons(tmp_path: Path) -> 
                             capture_output=True, text=True, env=env)
     assert purged.returncode == 0 and "purged 2" in purged.stdout
     assert [p for p in (tmp_path / "agent" / "spool").rglob("*.dcm")] == []
+
+
+def test_release_reruns_a_quarantined_study_after_a_profile_fix(tmp_path: Path) -> None:
+    """A study refused for its SOP class passes after the profile is changed and it is released."""
+    study = make_study(Patient(), n_series=1, n_per_series=2)
+    for ds in study:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"  # X-Ray Angiography
+    files = [write(ds, tmp_path / "pacs" / f"{i}.dcm") for i, ds in enumerate(study)]
+    agent = Daemon(tmp_path / "agent").start()
+    assert storescu(agent.port, files).returncode == 0
+    report = agent.wait_queued(1)
+    assert report["quarantine"][0]["reason"] == "unknown_sop_class"
+    key = report["quarantine"][0]["study_key"]
+    agent.stop()
+    agent.config_path.write_text(agent.config_path.read_text().replace("pipeline:", "pipeline:\n  profile: basic"))
+    released = subprocess.run([sys.executable, "-m", "agent.cli", "quarantine", "release", key, "--config",
+                               str(agent.config_path)], capture_output=True, text=True)
+    assert released.returncode == 0 and "released 2" in released.stdout
+    agent.start()
+    report = agent.wait_queued(1)
+    agent.stop()
+    assert report["studies"] == {"queued": 1} and report["instances"] == {"deidentified": 2}
+    assert len(agent.outbox_files()) == 2
