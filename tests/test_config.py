@@ -71,3 +71,11 @@ def test_serve_with_a_bad_config_exits_2_with_the_key(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "agent.cli", "serve", "--config", str(path)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "receive.port" in run.stderr
+
+
+def test_packaged_config_keeps_state_under_var_lib() -> None:
+    """The packaged service's config loads and keeps everything under /var/lib/nmip-agent."""
+    config = load(REPO / "packaging" / "config.yaml")
+    for path in (config.spool.directory, config.pipeline.database, config.pipeline.outbox,
+                 config.pipeline.quarantine, config.pipeline.key_file):
+        assert str(path).startswith("/var/lib/nmip-agent/")

@@ -151,3 +151,18 @@ def test_release_reruns_a_quarantined_study_after_a_profile_fix(tmp_path: Path) 
     agent.stop()
     assert report["studies"] == {"queued": 1} and report["instances"] == {"deidentified": 2}
     assert len(agent.outbox_files()) == 2
+
+
+def test_echoscu_verifies_the_agent(tmp_path: Path) -> None:
+    """C-ECHO from an allowed peer succeeds; from an unknown AE title it is rejected."""
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    with Daemon(tmp_path / "agent", pipeline__quiet_period_s=3600) as agent:
+        ok = subprocess.run(["echoscu", "-aet", "STORESCU", "-aec", "NMIP_AGENT", "127.0.0.1", str(agent.port)],
+                            capture_output=True, text=True, env=env, timeout=60)
+        refused = subprocess.run(["echoscu", "-aet", "NOBODY", "-aec", "NMIP_AGENT", "127.0.0.1", str(agent.port)],
+                                 capture_output=True, text=True, env=env, timeout=60)
+        wrong_called = subprocess.run(["echoscu", "-aet", "STORESCU", "-aec", "OTHER", "127.0.0.1", str(agent.port)],
+                                      capture_output=True, text=True, env=env, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stderr
+    assert wrong_called.returncode != 0 and "Called AE Title Not Recognized" in wrong_called.stderr
