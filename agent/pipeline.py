@@ -54,6 +54,10 @@ def _init_worker(profile: str, key_file: Path) -> None:
     _processor = InstanceProcessor(load_profile(profile), load_key_file(key_file))
 
 
+def _ready() -> bool:
+    return _processor is not None
+
+
 def deidentify_spooled(sop_key: str, spool_path: str, staging: str) -> InstanceResult:
     """De-identify one spooled instance into the staging folder (runs in a worker process)."""
     assert _processor is not None
@@ -84,6 +88,7 @@ class Pipeline:
         self.outbox = outbox
         self.quarantine_dir = quarantine_dir
         self.quiet_period_s = quiet_period_s
+        self.workers = workers
         outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
         quarantine_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # forkserver: the daemon has threads (the SCP), and forking a threaded process is unsafe.
@@ -93,6 +98,9 @@ class Pipeline:
         self._thread: threading.Thread | None = None
 
     def start(self, interval_s: float = 0.5) -> None:
+        # Start the workers now (each compiles the profile once), not when the first study is stable.
+        for future in [self.pool.submit(_ready) for _ in range(self.workers)]:
+            future.result()
         self._thread = threading.Thread(target=self._loop, args=(interval_s,), name="pipeline", daemon=True)
         self._thread.start()
 
