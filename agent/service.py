@@ -45,6 +45,9 @@ class Service:
         self.profile = profile
 
     def start(self) -> None:
+        swept = self.spool.sweep(self.state.spooled_keys())
+        if swept:
+            _log.info("spool_swept", files=swept, reason="not recorded before a stop: never acknowledged")
         self.pipeline.start()
         self.receiver.start()
         _log.info("agent_started", profile=self.profile.name, key_id=self.key_id,

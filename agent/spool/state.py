@@ -119,6 +119,10 @@ class State:
 
     # -- receive ------------------------------------------------------------------------------
 
+    def spooled_keys(self) -> set[str]:
+        """Keys of every instance whose source is still in the spool."""
+        return {r[0] for r in self._db().execute("SELECT sop_key FROM instances WHERE state != 'purged'")}
+
     def spool_bytes(self) -> int:
         """Bytes of identifiable data held in the spool (what the quota counts)."""
         row = self._db().execute("SELECT COALESCE(SUM(size), 0) FROM instances WHERE state != 'purged'").fetchone()

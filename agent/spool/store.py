@@ -78,6 +78,17 @@ class Spool:
         save_file(path, data)
         return path
 
+    def sweep(self, known: set[str]) -> int:
+        """Delete what no acknowledged instance owns: temp files of interrupted writes, and files
+        spooled just before a crash, before the database recorded them (never acknowledged, so
+        the PACS resends them). Returns how many files went."""
+        removed = 0
+        for path in self.directory.glob("*/*"):
+            if path.name.startswith(".tmp-") or (path.suffix == ".dcm" and path.stem not in known):
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def remove(self, sop_key: str) -> None:
         try:
             self.path_of(sop_key).unlink()

@@ -126,3 +126,22 @@ def test_sigterm_stops_cleanly_and_restart_resumes(tmp_path: Path) -> None:
     agent.start()
     assert agent.wait_queued(1)["instances"] == {"deidentified": 2}
     assert agent.stop() == 0
+
+
+def test_unrecorded_spool_files_are_swept_at_start(tmp_path: Path) -> None:
+    """A spool file the database never recorded (crash before commit, never acknowledged) and a
+    temp file of an interrupted write are deleted at start; recorded instances are kept."""
+    files = [write(ds, tmp_path / "pacs" / f"{i}.dcm") for i, ds in enumerate(make_study(Patient(), n_series=1, n_per_series=1))]
+    agent = Daemon(tmp_path / "agent", pipeline__quiet_period_s=3600).start()
+    assert storescu(agent.port, files).returncode == 0
+    agent.kill()
+    spool = tmp_path / "agent" / "spool"
+    kept = next(spool.rglob("*.dcm"))
+    orphan = spool / "ab" / ("ab" + "0" * 30 + ".dcm")
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(kept.read_bytes())
+    (spool / "ab" / ".tmp-partial").write_bytes(b"half")
+    agent.start()
+    agent.stop()
+    assert sorted(p.name for p in spool.rglob("*") if p.is_file()) == [kept.name]
+    assert '"event": "spool_swept"' in agent.log_text()
