@@ -40,18 +40,19 @@ def outbox_sources(agent: Daemon, files: list[Path]) -> list[str]:
 def test_kill_9_while_receiving(tmp_path: Path) -> None:
     """Killed mid-association, then restarted: every acknowledged instance reaches the outbox once,
     and the sender's retry of the rest is accepted."""
-    study = make_study(Patient(), n_series=3, n_per_series=20, rows=256, columns=256)
+    # Large enough that the send takes well over a second, so the kill lands in the middle of it.
+    study = make_study(Patient(), n_series=3, n_per_series=40, rows=512, columns=512)
     files = [write(ds, tmp_path / "pacs" / f"{i:04d}.dcm") for i, ds in enumerate(study)]
     agent = Daemon(tmp_path / "agent", pipeline__quiet_period_s=2).start()
     env = {**os.environ, "TCP_NODELAY": "1"}
     sender = subprocess.Popen(["storescu", "-v", "-aet", "STORESCU", "-aec", "NMIP_AGENT", "127.0.0.1",
                                str(agent.port), *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, env=env)
-    wait_for(lambda: len(list((tmp_path / "agent" / "spool").rglob("*.dcm"))) >= 15, 60, 0.01, "15 spooled instances")
+    wait_for(lambda: len(list((tmp_path / "agent" / "spool").rglob("*.dcm"))) >= 10, 60, 0.005, "10 spooled instances")
     agent.kill()
     output, _ = sender.communicate(timeout=60)
     acknowledged = acknowledged_uids(output, files)
-    assert 15 <= len(acknowledged) < len(files)
+    assert 10 <= len(acknowledged) < len(files), output[-2000:]
     agent.start()
     retry = storescu(agent.port, files)  # the PACS resends the whole study
     assert retry.returncode == 0, retry.stderr
