@@ -49,9 +49,18 @@ class InstanceResult:
 _processor: InstanceProcessor | None = None
 
 
-def _init_worker(profile: str, key_file: Path) -> None:
+def _init_worker(profile: str, key_file: Path, daemon_pid: int) -> None:
     global _processor
     _processor = InstanceProcessor(load_profile(profile), load_key_file(key_file))
+    threading.Thread(target=_exit_with, args=(daemon_pid,), name="watch-daemon", daemon=True).start()
+
+
+def _exit_with(daemon_pid: int) -> None:
+    """Leave when the daemon is gone (kill -9 included): an orphaned worker holds no work worth
+    keeping, since the study it was on stays `stable` and is redone by the next daemon."""
+    while os.getppid() == daemon_pid:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _ready() -> bool:
@@ -91,9 +100,10 @@ class Pipeline:
         self.workers = workers
         outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
         quarantine_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # forkserver: the daemon has threads (the SCP), and forking a threaded process is unsafe.
-        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
-                                        initializer=_init_worker, initargs=(profile, key_file))
+        # spawn: the daemon has threads (the SCP), and forking a threaded process is unsafe; spawned
+        # workers are the daemon's own children, so they can tell when it is gone.
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_init_worker, initargs=(profile, key_file, os.getpid()))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

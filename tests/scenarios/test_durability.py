@@ -72,7 +72,12 @@ def test_kill_9_while_deidentifying(tmp_path: Path) -> None:
     assert storescu(agent.port, files).returncode == 0
     staging = tmp_path / "agent" / "outbox" / ".staging"
     wait_for(lambda: staging.exists() and any(staging.rglob("*.dcm")), 60, 0.005, "de-identification to start")
+    assert agent.process is not None
+    workers = Path(f"/proc/{agent.process.pid}/task/{agent.process.pid}/children").read_text().split()
+    assert workers
     agent.kill()
+    # Orphaned workers leave by themselves: nothing identifiable keeps being processed unowned.
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 10, 0.1, "the workers to exit")
     assert agent.status()["studies"] == {"stable": 1}
     agent.start()
     report = agent.wait_queued(1, timeout=120)
