@@ -107,7 +107,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self, interval_s: float = 0.5) -> None:
+    def start(self, interval_s: float = 0.1) -> None:
         # Start the workers now (each compiles the profile once), not when the first study is stable.
         for future in [self.pool.submit(_ready) for _ in range(self.workers)]:
             future.result()
