@@ -73,7 +73,10 @@ def serve(config: Config) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         service.start()
-        stop.wait()
+        # Wake up regularly: the kernel may deliver SIGTERM to one of the SCP's threads, and Python
+        # runs its handler only when the main thread next executes, which a bare wait() never does.
+        while not stop.wait(0.5):
+            pass
     finally:
         service.stop()
         for sig, handler in previous.items():
