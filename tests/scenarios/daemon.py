@@ -15,12 +15,7 @@ from typing import Any
 import yaml
 
 from agent.keys import init_key_file
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.peers.ports import free_port
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
