@@ -154,7 +154,8 @@ class Receiver:
             data: bytes = event.encoded_dataset(include_meta=True)
             sop_uid, study_uid = _identify(data)
         except Exception:
-            _log.warning("instance_refused", status="0xC210", reason="not a parseable dataset")
+            # The instance is not named: an unparseable stream has no key to name it by.
+            _log.warning("instance_refused", status="0xC210", reason="unparseable or truncated")
             return CANNOT_UNDERSTAND
         sop_key = self.names.opaque_name(sop_uid)
         study_key = self.names.opaque_name(study_uid)

@@ -324,10 +324,10 @@ def stage_times(files: list[Path], workdir: Path, key_file: Path) -> str:
 # --- main -----------------------------------------------------------------------------------
 
 
-def prepare_workdir(arg: str | None) -> tuple[Path, bool]:
+def prepare_workdir(arg: str | None, prefix: str = "nmip-bench-") -> tuple[Path, bool]:
     """The working folder and whether it is ours to delete afterwards."""
     if arg is None:
-        return Path(tempfile.mkdtemp(prefix="nmip-bench-")), True
+        return Path(tempfile.mkdtemp(prefix=prefix)), True
     workdir = Path(arg).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     if any(workdir.iterdir()) and not (workdir / MARKER).exists():

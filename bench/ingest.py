@@ -54,7 +54,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from contextlib import ExitStack
@@ -69,6 +68,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.deid import (  # noqa: E402
+    prepare_workdir,
     busy_cpu_seconds,
     generate,
     input_files,
@@ -91,7 +91,6 @@ TARGET_ONE = 0.15
 TARGET_FOUR = 0.3
 TARGET_E2E_S = 3.0
 TARGET_RSS_MB = 300
-MARKER = ".nmip-bench-workdir"
 
 
 # --- processes: everything started here is stopped on the way out --------------------------
@@ -532,20 +531,6 @@ def stage_times(files: list[Path], workdir: Path, associations: int) -> str:
 # --- main -----------------------------------------------------------------------------------
 
 
-def prepare_workdir(arg: str | None) -> tuple[Path, bool]:
-    """The working folder and whether it is ours to delete afterwards (as bench/deid.py)."""
-    if arg is None:
-        return Path(tempfile.mkdtemp(prefix="nmip-bench-ingest-")), True
-    workdir = Path(arg).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    if any(workdir.iterdir()) and not (workdir / MARKER).exists():
-        raise SystemExit(f"bench: {workdir} is not empty and not a bench workdir; refusing to use it")
-    for child in workdir.iterdir():
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
-    (workdir / MARKER).touch()
-    return workdir, False
-
-
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -570,7 +555,7 @@ def main() -> None:
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_exit)
-    workdir, temporary = prepare_workdir(args.workdir)
+    workdir, temporary = prepare_workdir(args.workdir, prefix="nmip-bench-ingest-")
     with ExitStack() as cleanup:
         cleanup.callback(lambda: shutil.rmtree(workdir, ignore_errors=True) if temporary else None)
         cleanup.callback(PROCS.close)  # runs first: nothing may still write into workdir
