@@ -8,6 +8,7 @@ to 65535, got 'eleven'`). Relative paths are relative to the config file's folde
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -61,6 +62,49 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class PlatformConfig:
+    """Where and how de-identified studies and clinical tables are delivered (empty URL: held)."""
+
+    dicomweb_url: str = ""
+    manifest_url: str = ""
+    clinical_url: str = ""
+    ca_bundle: Path | None = None
+    client_certificate: Path | None = None
+    client_key: Path | None = None
+    token_file: Path | None = None
+    oauth2_token_url: str = ""
+    oauth2_client_id: str = ""
+    oauth2_client_secret_file: Path | None = None
+    batch_size: int = 50
+    http2: bool = False
+    timeout_s: float = 60.0
+    retry_initial_s: float = 2.0
+    retry_max_s: float = 600.0
+    upload_window: str = ""
+    bandwidth_mbit_s: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.dicomweb_url)
+
+
+@dataclass(frozen=True)
+class ClinicalConfig:
+    """The clinical CSV drop folder; `schema` is checked by agent.clinical at start-up."""
+
+    drop_folder: Path = Path("var/clinical/drop")
+    rejects: Path = Path("var/clinical/rejects")
+    archive: Path = Path("var/clinical/archive")
+    after_upload: str = "archive"
+    stable_s: float = 5.0
+    schema: Any = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.schema is not None
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -70,6 +114,8 @@ class Config:
     receive: ReceiveConfig = field(default_factory=ReceiveConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    platform: PlatformConfig = field(default_factory=PlatformConfig)
+    clinical: ClinicalConfig = field(default_factory=ClinicalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: Path = Path("config.yaml")
 
@@ -117,6 +163,36 @@ def _text(choices: tuple[str, ...] | None = None) -> Callable[[Any], str]:
     return check
 
 
+def _https_url(value: Any) -> str:
+    if not isinstance(value, str) or (value and not re.fullmatch(r"https://[^\s/?#]+(/[^\s?#]*)?", value)):
+        raise ValueError("an https:// URL (delivery is never in clear), or empty")
+    return value.rstrip("/")
+
+
+def _plain_text(value: Any) -> str:
+    if not isinstance(value, str) or not value.isprintable():
+        raise ValueError("a string")
+    return value.strip()
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _window(value: Any) -> str:
+    if not isinstance(value, str) or (value and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d", value)):
+        raise ValueError("HH:MM-HH:MM in local time, such as 19:00-07:00, or empty for always")
+    return value
+
+
+def _schema(value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise ValueError("a mapping (see docs/clinical.md)")
+    return value
+
+
 def _peers(value: Any) -> tuple[Peer, ...]:
     if not isinstance(value, list):
         raise ValueError("a list of {ae_title, address} entries")
@@ -141,9 +217,21 @@ _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
               "retention_days": _int(1, 3650)},
     "pipeline": {"profile": _text(), "key_file": Path, "database": Path, "outbox": Path, "quarantine": Path,
                  "quiet_period_s": _number(0, 86400), "workers": _int(1, 64)},
+    "platform": {
+        "dicomweb_url": _https_url, "manifest_url": _https_url, "clinical_url": _https_url, "ca_bundle": Path,
+        "client_certificate": Path, "client_key": Path, "token_file": Path, "oauth2_token_url": _https_url,
+        "oauth2_client_id": _plain_text, "oauth2_client_secret_file": Path, "batch_size": _int(1, 1000),
+        "http2": _bool, "timeout_s": _number(1, 3600), "retry_initial_s": _number(0.1, 3600),
+        "retry_max_s": _number(1, 86400), "upload_window": _window, "bandwidth_mbit_s": _number(0, 100_000),
+    },
+    "clinical": {"drop_folder": Path, "rejects": Path, "archive": Path, "after_upload": _text(("archive", "purge")),
+                 "stable_s": _number(0, 3600), "schema": _schema},
     "log": {"level": _text(("debug", "info", "warning", "error"))},
 }  # fmt: skip
-_SECTIONS: dict[str, type] = {"receive": ReceiveConfig, "spool": SpoolConfig, "pipeline": PipelineConfig, "log": LogConfig}
+_SECTIONS: dict[str, type] = {
+    "receive": ReceiveConfig, "spool": SpoolConfig, "pipeline": PipelineConfig, "platform": PlatformConfig,
+    "clinical": ClinicalConfig, "log": LogConfig,
+}
 
 
 def load(path: Path) -> Config:
@@ -164,7 +252,32 @@ def load(path: Path) -> Config:
     if unknown:
         raise ConfigError(f"{path}: unknown section {sorted(unknown)[0]!r}; expected {', '.join(_SECTIONS)}")
     sections = {name: _section(path, name, data.get(name) or {}) for name in _SECTIONS}
-    return Config(**sections, source=path)
+    config = Config(**sections, source=path)
+    _check_platform(path, config.platform)
+    return config
+
+
+def _check_platform(path: Path, platform: PlatformConfig) -> None:
+    """Keys that only make sense together: delivery needs a CA, a way to authenticate and a
+    manifest URL (a study is delivered only once its manifest is)."""
+    if not platform.enabled:
+        return
+    problems = [
+        (not platform.manifest_url, "manifest_url", "required when dicomweb_url is set"),
+        (platform.ca_bundle is None, "ca_bundle", "required: the platform's certificate is always verified"),
+        ((platform.client_certificate is None) != (platform.client_key is None), "client_key",
+         "client_certificate and client_key go together"),
+        (platform.client_certificate is None and platform.token_file is None and not platform.oauth2_token_url,
+         "client_certificate", "one of client_certificate, token_file or oauth2_token_url is required"),
+        (bool(platform.oauth2_token_url) != bool(platform.oauth2_client_id and platform.oauth2_client_secret_file),
+         "oauth2_token_url", "oauth2_token_url, oauth2_client_id and oauth2_client_secret_file go together"),
+        (platform.token_file is not None and bool(platform.oauth2_token_url), "token_file",
+         "either token_file or oauth2_token_url, not both"),
+        (platform.retry_initial_s > platform.retry_max_s, "retry_initial_s", "at most retry_max_s"),
+    ]
+    for wrong, key, expected in problems:
+        if wrong:
+            raise ConfigError(f"{path}: platform.{key}: {expected}")
 
 
 def _section(path: Path, name: str, values: Any) -> Any:
@@ -177,6 +290,8 @@ def _section(path: Path, name: str, values: Any) -> Any:
         raise ConfigError(f"{path}: {name}.{key}: unknown key; expected one of {', '.join(_CHECKS[name])}")
     checked = {}
     for key, value in values.items():
+        if value is None:  # `key: null` in the YAML: the default
+            continue
         try:
             checked[key] = _CHECKS[name][key](value)
         except (ValueError, TypeError) as exc:
