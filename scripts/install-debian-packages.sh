@@ -5,6 +5,12 @@
 #   dcmtk        storescu/echoscu: drive the agent's DICOM listener in integration tests
 #   orthanc      a real PACS that pushes studies to the agent (tests/peers/orthanc.py starts
 #                its own instance with a temporary config; the system service is not used)
+#   orthanc-dicomweb  Orthanc's DICOMweb plugin: the central platform's STOW-RS/QIDO-RS/WADO-RS
+#                endpoint in delivery tests (tests/peers/platform.py)
+#   nginx        the central platform's TLS front (client certificates, bearer token, WebDAV
+#                PUT of manifests and clinical files, proxy to Orthanc); Debian's `nginx`
+#                package is built --with-http_dav_module (`nginx -V`). tests/peers/platform.py
+#                runs its own nginx with a temporary config; the system service is not used
 #   python3-venv `make test` builds .venv with `python3 -m venv` (Debian splits ensurepip out)
 #
 # Idempotent: when every package is already installed it touches nothing (no apt,
@@ -12,7 +18,7 @@
 # on a bare CI clone. Extra package names may be given as arguments.
 set -euo pipefail
 
-PACKAGES=(dicom3tools dcmtk orthanc python3-venv "$@")
+PACKAGES=(dicom3tools dcmtk orthanc orthanc-dicomweb nginx python3-venv "$@")
 
 die() { echo "install-debian-packages: $*" >&2; exit 1; }
 
@@ -41,18 +47,22 @@ else
     die "not root and sudo is not available; run as root: apt-get install ${missing[*]}"
 fi
 
-# The orthanc package starts and enables its system service on install. The tests never use
-# it (tests/peers/orthanc.py runs its own Orthanc on free ports with a temporary config), and a
-# PACS left listening on 4242/8042 is not something to leave behind, so while apt runs a
-# policy-rc.d (Debian's hook that invoke-rc.d and deb-systemd-invoke consult) forbids starting
-# it, and afterwards the service is disabled. A policy-rc.d already in place (containers have
-# one that forbids every start) is left alone.
+# The orthanc and nginx packages start and enable their system services on install. The tests
+# never use them (tests/peers/orthanc.py and tests/peers/platform.py run their own servers on
+# free ports with temporary configs), and a PACS left listening on 4242/8042 or a web server on
+# port 80 is not something to leave behind, so while apt runs a policy-rc.d (Debian's hook that
+# invoke-rc.d and deb-systemd-invoke consult) forbids starting them, and afterwards the services
+# are disabled. A policy-rc.d already in place (containers have one that forbids every start) is
+# left alone.
+SERVICES=(orthanc nginx)
 POLICY=/usr/sbin/policy-rc.d
 temporary_policy=false
-orthanc_new=false
-for pkg in "${missing[@]}"; do [ "$pkg" = orthanc ] && orthanc_new=true; done
-if $orthanc_new && [ ! -e "$POLICY" ]; then
-    printf '#!/bin/sh\n# install-debian-packages: do not start the orthanc service\n[ "$1" = orthanc ] && exit 101\nexit 0\n' \
+new_services=()
+for pkg in "${missing[@]}"; do
+    for service in "${SERVICES[@]}"; do [ "$pkg" = "$service" ] && new_services+=("$service"); done
+done
+if [ "${#new_services[@]}" -gt 0 ] && [ ! -e "$POLICY" ]; then
+    printf '#!/bin/sh\n# install-debian-packages: do not start the orthanc or nginx service\ncase "$1" in orthanc|nginx) exit 101 ;; esac\nexit 0\n' \
         | "${SUDO[@]}" tee "$POLICY" >/dev/null
     "${SUDO[@]}" chmod 755 "$POLICY"
     temporary_policy=true
@@ -70,9 +80,11 @@ for pkg in "${missing[@]}"; do
     is_installed "$pkg" || die "$pkg still not installed after apt-get install"
 done
 
-if $orthanc_new && command -v systemctl >/dev/null 2>&1; then
-    "${SUDO[@]}" systemctl disable orthanc.service >/dev/null 2>&1 \
-        || echo "install-debian-packages: note: could not disable orthanc.service (not needed by the tests)" >&2
+if command -v systemctl >/dev/null 2>&1; then
+    for service in "${new_services[@]}"; do
+        "${SUDO[@]}" systemctl disable "$service.service" >/dev/null 2>&1 \
+            || echo "install-debian-packages: note: could not disable $service.service (not needed by the tests)" >&2
+    done
 fi
 if $temporary_policy; then
     "${SUDO[@]}" rm -f "$POLICY"
