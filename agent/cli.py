@@ -19,7 +19,7 @@ from rich.table import Table
 
 from agent import __version__
 from agent.errors import AgentError, UnreadableInput, UsageError
-from agent.keys import init_key_file, load_key_file
+from agent.keys import KEY_TYPES, init_key_file, load_key_file, make_csr
 
 # Tracebacks with local variables would print identifiers: typer's pretty exceptions are off.
 app = typer.Typer(
@@ -64,6 +64,27 @@ def keys_init(key_file: KeyFile) -> None:
 def keys_id(key_file: KeyFile) -> None:
     """Print the key id (the non-secret fingerprint recorded in every output)."""
     out.print(load_key_file(key_file).key_id)
+
+
+@keys_app.command("csr")
+def keys_csr(
+    key_out: Annotated[Path, typer.Option("--key-out", help="Where to write the new TLS private key (mode 0600).")],
+    csr_out: Annotated[Path, typer.Option("--csr-out", help="Where to write the certificate signing request (PEM).")],
+    common_name: Annotated[Optional[str], typer.Option("--common-name", help="Subject CN; default: this host's fully qualified name.")] = None,
+    organisation: Annotated[Optional[str], typer.Option("--organisation", help="Subject O, e.g. the hospital trust.")] = None,
+    organisational_unit: Annotated[Optional[str], typer.Option("--organisational-unit", help="Subject OU.")] = None,
+    country: Annotated[Optional[str], typer.Option("--country", help="Subject C, a two-letter code such as GB.")] = None,
+    key_type: Annotated[str, typer.Option("--key-type", help=f"One of {', '.join(KEY_TYPES)}.")] = KEY_TYPES[0],
+) -> None:
+    """Make the site's TLS client key and a CSR for the platform's CA. Refuses to overwrite either file."""
+    import socket
+
+    request = make_csr(key_out, csr_out, common_name=common_name or socket.getfqdn(), organisation=organisation,
+                       organisational_unit=organisational_unit, country=country, key_type=key_type)
+    out.print(f"wrote {key_out} (private, mode 0600) and {csr_out}")
+    out.print(f"public key SHA-256: {request.public_key_sha256}")
+    out.print("send the CSR to the platform's CA (read the SHA-256 out to it over another channel); set "
+              "platform.client_key to the key and platform.client_certificate to the certificate it returns")
 
 
 @app.command()

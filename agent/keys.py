@@ -74,3 +74,113 @@ def load_key_file(path: Path) -> SiteKey:
     if len(secret) != KEY_BYTES:
         raise KeyFileError(f"{path}: key must be {KEY_BYTES * 8} bits, found {len(secret) * 8}")
     return SiteKey(secret)
+
+
+# -- the site's TLS client key and certificate signing request (`nmip-agent keys csr`) -----------
+
+KEY_TYPES = ("ec-p256", "rsa-3072")
+
+
+@dataclass(frozen=True)
+class SigningRequest:
+    """What `make_csr` wrote: the CSR in PEM and the SHA-256 of its public key (to read out to the CA)."""
+
+    csr_pem: bytes
+    public_key_sha256: str
+
+
+def make_csr(
+    key_out: Path,
+    csr_out: Path,
+    *,
+    common_name: str,
+    organisation: str | None = None,
+    organisational_unit: str | None = None,
+    country: str | None = None,
+    key_type: str = "ec-p256",
+) -> SigningRequest:
+    """Write a new TLS private key (mode 0600) and a PEM certificate signing request for it.
+
+    The key is what the agent presents to the platform for mutual TLS (`platform.client_key`);
+    the CSR goes to the programme's CA, which returns `platform.client_certificate`.
+
+    EC P-256 by default: the same 128-bit security as RSA 3072 (NIST SP 800-57 Part 1, Table 2)
+    with a 32-byte key, faster handshakes and a key generated in milliseconds, and every TLS 1.2
+    and 1.3 stack (OpenSSL, nginx, Java, cloud load balancers) accepts it. `rsa-3072` is there for
+    a CA that signs RSA keys only. The key is unencrypted PKCS#8: the agent starts unattended, so
+    the file's mode, not a passphrase kept next to it, is what protects it.
+
+    The CSR asks for a client-authentication certificate (key usage digitalSignature, extended
+    key usage clientAuth); a CA may override what it asks. Neither file is ever overwritten, and
+    both are checked before anything is written, so a refused run leaves nothing behind.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    if key_type not in KEY_TYPES:
+        raise KeyFileError(f"unknown key type {key_type!r}; expected one of {', '.join(KEY_TYPES)}")
+    # (attribute, label for messages, value, upper bound from RFC 5280 Appendix A)
+    attributes = [(NameOID.COUNTRY_NAME, "country", country, 2),
+                  (NameOID.ORGANIZATION_NAME, "organisation", organisation, 64),
+                  (NameOID.ORGANIZATIONAL_UNIT_NAME, "organisational unit", organisational_unit, 64),
+                  (NameOID.COMMON_NAME, "common name", common_name, 64)]
+    names = []
+    for oid, label, value, limit in attributes:
+        if value is None:
+            continue
+        value = value.strip()
+        if oid == NameOID.COUNTRY_NAME:
+            if not (len(value) == 2 and value.isascii() and value.isalpha()):
+                raise KeyFileError(f"{label}: a two-letter ISO 3166 code such as GB, got {value!r}")
+            value = value.upper()
+        if not value or len(value) > limit or not value.isprintable():
+            raise KeyFileError(f"{label}: 1 to {limit} printable characters, got {value!r}")
+        names.append(x509.NameAttribute(oid, value))
+    for path in (key_out, csr_out):
+        if os.path.lexists(path):
+            raise KeyFileError(f"{path}: already exists; refusing to overwrite it")
+
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+        ec.generate_private_key(ec.SECP256R1()) if key_type == "ec-p256"
+        else rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    )
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name(names))
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=key_type != "ec-p256",
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    csr_pem = csr.public_bytes(serialization.Encoding.PEM)
+    _write_new(key_out, key_pem, 0o600)
+    try:
+        _write_new(csr_out, csr_pem, 0o644)
+    except BaseException:
+        key_out.unlink()  # a key without its CSR is of no use, and would block the next attempt
+        raise
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return SigningRequest(csr_pem, hashlib.sha256(spki).hexdigest())
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create `path` with `mode` (never replacing a file), write and fsync it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise KeyFileError(f"{path}: already exists; refusing to overwrite it") from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot create ({exc.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)  # no half-written key or CSR left behind
+        raise
