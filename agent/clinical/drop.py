@@ -1,0 +1,156 @@
+"""The clinical drop folder: which dropped files are complete, and a wake-up when something changes.
+
+A file is taken only once it is whole: at once when its exporter wrote a `NAME.csv.done` marker
+after it, otherwise when its size and modification time have not changed for `stable_s` seconds
+between two looks. watchdog only wakes the daemon early; the daemon also polls, and its first
+`ready()` after start-up is the sweep that finds files dropped while the agent was down.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from agent import log
+
+MARKER_SUFFIX = ".done"
+# Reading a file raises inotify "opened" and "closed_no_write" events; waking on them would make
+# the daemon's own reads wake it again.
+_QUIET_EVENTS = frozenset({"opened", "closed_no_write"})
+
+_log = log.get("clinical")
+
+
+def is_candidate(name: str) -> bool:
+    """A CSV a person or an export job dropped, not a hidden, temporary, lock or marker file.
+
+    Only names ending `.csv` qualify, so `x.csv.part`, `x.csv.tmp`, `x.csv~` and `x.csv.done` never
+    do; names starting `.` (rsync's temporaries) or `~` (Office lock files) are skipped too.
+    """
+    return not name.startswith((".", "~")) and name.casefold().endswith(".csv")
+
+
+class _Wake(FileSystemEventHandler):
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.wake = wake
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in _QUIET_EVENTS:
+            return
+        try:
+            self.wake()
+        except Exception as exc:  # a notification: the observer thread must survive its handler
+            _log.error("clinical_wake_failed", error=type(exc).__name__)
+
+
+class DropFolder:
+    """The drop folder, created 0700 if missing. Not thread-safe: one caller asks `ready()`."""
+
+    def __init__(self, path: Path, stable_s: float) -> None:
+        self.path = path
+        self.stable_s = stable_s
+        self._seen: dict[str, tuple[int, int, float]] = {}  # name -> size, mtime_ns, unchanged since
+        self._observer: BaseObserver | None = None
+        self._wake: Callable[[], None] | None = None
+        self._watched: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder being watched
+        self._lock = threading.Lock()
+        self._ensure()
+
+    def _ensure(self) -> tuple[int, int]:
+        """Create the folder if it is missing (0700: it receives identifiable data)."""
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = self.path.stat()
+        return st.st_dev, st.st_ino
+
+    def ready(self, now: float | None = None) -> list[Path]:
+        """Complete files, oldest first. `now` is a monotonic time (tests pass their own).
+
+        The caller takes each file away (`finish`) once done with it; until then it is listed again.
+        """
+        now = time.monotonic() if now is None else now
+        folder = self._ensure()
+        if self._wake is not None and folder != self._watched:
+            self._rewatch()  # the folder was removed and made again: the old watch sees nothing
+        with os.scandir(self.path) as entries:
+            files = {entry.name: entry for entry in entries if entry.is_file(follow_symlinks=False)}
+        complete: list[tuple[int, str]] = []
+        for name in list(self._seen):
+            if name not in files:
+                del self._seen[name]
+        for name, entry in files.items():
+            if not is_candidate(name):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # taken away between the listing and now
+                continue
+            if name + MARKER_SUFFIX in files or self._stable(name, st.st_size, st.st_mtime_ns, now):
+                complete.append((st.st_mtime_ns, name))
+        return [self.path / name for _, name in sorted(complete)]
+
+    def _stable(self, name: str, size: int, mtime_ns: int, now: float) -> bool:
+        previous = self._seen.get(name)
+        if previous is None or previous[:2] != (size, mtime_ns):
+            self._seen[name] = (size, mtime_ns, now)
+            since = now
+        else:
+            since = previous[2]
+        return now - since >= self.stable_s
+
+    def finish(self, path: Path, *, archive_as: Path | None = None) -> None:
+        """Done with a dropped file: move it to `archive_as` (0600, 0700 folder) or delete it,
+        and delete its marker, so it is not listed again."""
+        if archive_as is not None:
+            archive_as.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(archive_as.parent, 0o700)
+            os.chmod(path, 0o600)
+            shutil.move(path, archive_as)
+        else:
+            path.unlink(missing_ok=True)
+        (path.parent / (path.name + MARKER_SUFFIX)).unlink(missing_ok=True)
+        self._seen.pop(path.name, None)
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Call `wake` (from watchdog's thread) whenever something in the folder changes."""
+        with self._lock:
+            self._wake = wake
+        self._rewatch()
+
+    def _rewatch(self) -> None:
+        with self._lock:
+            self._stop()
+            if self._wake is None:
+                return
+            self._watched = self._ensure()
+            observer = Observer()
+            observer.daemon = True
+            observer.schedule(_Wake(self._wake), str(self.path), recursive=False)
+            observer.start()
+            self._observer = observer
+
+    def _stop(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)
+
+    def close(self) -> None:
+        """Stop watching; `ready()` still works (the daemon may poll without watchdog)."""
+        with self._lock:
+            self._wake = None
+            self._watched = None
+            self._stop()
+
+    def __enter__(self) -> DropFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

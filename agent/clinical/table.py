@@ -1,0 +1,353 @@
+"""One clinical CSV through the schema: decode, match the header, validate, pseudonymise, check.
+
+Pure: bytes in, a `TableResult` out, no file, no clock, no log. A row that fails any check is left
+out and listed by row number, column and problem; the value itself never appears in a problem,
+since the report may be sent to support. A file whose header does not match the schema is
+refused whole: a misspelt header would otherwise silently drop a column for every row.
+
+The identifier becomes `Pseudonymiser.patient_pseudonym`, exactly what the DICOM engine puts in
+Patient ID, and dates move by `Pseudonymiser.date_offset` through `agent.deidentify.dates`, the
+engine's own functions, so a patient's images and rows link and keep the same intervals.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import difflib
+import enum
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from agent.clinical import values
+from agent.clinical.schema import ClinicalSchema, ColumnType, KeptColumn, normalise_code, normalise_header
+from agent.deidentify.pseudonym import Pseudonymiser
+
+_DELIMITERS = (",", ";", "\t")
+_DECODINGS = {"auto": ("utf-8", "cp1252"), "utf-8": ("utf-8",), "windows-1252": ("cp1252",)}
+# Identifiers of rows left out, and values of identifying columns, are searched in the output
+# from this length: shorter ones (initials, "M") occur in any output by chance.
+_MIN_SEARCHED = 4
+
+
+class RefusedReason(str, enum.Enum):
+    """Why a whole file was refused; the value is the stable code logs and scripts use."""
+
+    NOT_TEXT = "not_text"
+    NOT_CSV = "not_csv"
+    NO_HEADER = "no_header"
+    HEADER_MISMATCH = "header_mismatch"
+    IDENTIFIER_IN_OUTPUT = "identifier_in_output"
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """Why a row was left out: its number in the file (the header is row 1), the column, the problem.
+
+    `column` is empty when the problem is the row's shape. Never holds the value.
+    """
+
+    row: int
+    column: str
+    problem: str
+
+
+@dataclass
+class TableResult:
+    """What a file gives: the CSV to upload (valid rows only) and what was left out, and why."""
+
+    refused: str | None = None
+    refused_reason: RefusedReason | None = None
+    csv: bytes = b""
+    rows_in: int = 0
+    rows_out: int = 0
+    rejects: list[RowProblem] = field(default_factory=list)
+    pseudonyms: set[str] = field(default_factory=set)
+
+    @property
+    def rows_rejected(self) -> int:
+        return len({problem.row for problem in self.rejects})
+
+
+def _refused(reason: RefusedReason, message: str, rows_in: int = 0) -> TableResult:
+    return TableResult(refused=message, refused_reason=reason, rows_in=rows_in)
+
+
+def pseudonymise_table(data: bytes, schema: ClinicalSchema, pseudonyms: Pseudonymiser) -> TableResult:
+    """Validate and pseudonymise one CSV export; `refused` is set when nothing of it may leave."""
+    text = _decode(data, schema.encoding)
+    if isinstance(text, TableResult):
+        return text
+    delimiter = _choose_delimiter(text, schema)
+    try:
+        records = list(_records(text, delimiter))
+    except csv.Error as exc:
+        # csv's message can quote the line; only its position is passed on.
+        return _refused(RefusedReason.NOT_CSV, f"not a readable CSV file ({_csv_position(exc)})")
+    header_at = next((i for i, record in enumerate(records) if not _blank(record)), None)
+    if header_at is None:
+        return _refused(RefusedReason.NO_HEADER, "empty file: no header row")
+    positions = _match_header(records[header_at], schema)
+    if isinstance(positions, TableResult):
+        return positions
+    table = _Table(schema, pseudonyms, positions, len(records[header_at]), decimal_comma=delimiter != ",")
+    for index in range(header_at + 1, len(records)):
+        table.add(index + 1, records[index])
+    return table.result()
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def _decode(data: bytes, encoding: str) -> str | TableResult:
+    """UTF-8 with or without BOM; a UTF-16 BOM (Excel's "Unicode text"); else Windows-1252 when auto.
+
+    Windows-1252 (a superset of Latin-1's printable characters) is what Excel writes by default
+    on Windows; a wrong guess can only spoil codes and numbers, which then fail validation.
+    """
+    if data.startswith(b"PK\x03\x04"):
+        return _refused(RefusedReason.NOT_TEXT, "an Excel workbook or zip archive, not CSV: export the sheet as CSV")
+    decodings = _DECODINGS[encoding]
+    if data.startswith(codecs.BOM_UTF8):
+        data, decodings = data[len(codecs.BOM_UTF8):], ("utf-8",)
+    elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        decodings = ("utf-16",)
+    for name in decodings:
+        try:
+            text = data.decode(name)
+        except UnicodeDecodeError:
+            continue
+        if "\x00" in text:
+            return _refused(RefusedReason.NOT_TEXT, "holds NUL characters: not a CSV text file")
+        return text
+    tried = " or ".join("Windows-1252" if name == "cp1252" else name.upper() for name in decodings)
+    return _refused(RefusedReason.NOT_TEXT, f"not {tried} text (schema encoding: {encoding})")
+
+
+def _records(text: str, delimiter: str) -> Iterator[list[str]]:
+    return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+
+
+def _csv_position(exc: csv.Error) -> str:
+    match = re.search(r"line (\d+)", str(exc))
+    return f"near line {match.group(1)}" if match else "malformed quoting or field"
+
+
+def _blank(record: list[str]) -> bool:
+    return all(not cell.strip() for cell in record)
+
+
+def _expected_headers(schema: ClinicalSchema) -> list[str]:
+    headers = [schema.patient_id.header]
+    if schema.patient_id.issuer_column is not None:
+        headers.append(schema.patient_id.issuer_column)
+    return headers + [column.header for column in schema.columns]
+
+
+def _choose_delimiter(text: str, schema: ClinicalSchema) -> str:
+    """The delimiter under which the first row holds the most expected headers (then the most cells).
+
+    Excel writes `;` where the decimal separator is a comma; some exports use tabs.
+    """
+    wanted = {normalise_header(h) for h in (*_expected_headers(schema), *(c.header for c in schema.dropped))}
+    best, best_score = ",", (-1, -1)
+    for delimiter in _DELIMITERS:
+        try:
+            first = next((r for r in _records(text, delimiter) if not _blank(r)), [])
+        except csv.Error:
+            continue
+        score = (len(wanted & {normalise_header(cell) for cell in first}), len(first))
+        if score > best_score:
+            best, best_score = delimiter, score
+    return best
+
+
+# -- the header ---------------------------------------------------------------------------------
+
+
+def _match_header(header: list[str], schema: ClinicalSchema) -> dict[str, int] | TableResult:
+    """Normalised header -> its (first) position; or the refusal naming each expected column missing."""
+    positions: dict[str, int] = {}
+    duplicated: set[str] = set()
+    for position, cell in enumerate(header):
+        key = normalise_header(cell)
+        if key in positions:
+            duplicated.add(key)
+        positions.setdefault(key, position)
+    expected = _expected_headers(schema)
+    declared = {normalise_header(h) for h in (*expected, *(c.header for c in schema.dropped))}
+    twice = [h for h in expected if normalise_header(h) in duplicated]
+    if twice:
+        return _refused(RefusedReason.HEADER_MISMATCH,
+                        f"the header has column {twice[0]!r} twice: which one is meant is not clear")
+    missing = [h for h in expected if normalise_header(h) not in positions]
+    if not missing:
+        return positions
+    found = len(expected) - len(missing)
+    names = ", ".join(repr(h) for h in missing)
+    if 2 * found < len(expected):
+        # Most expected columns absent: the first row may be data, so none of it is quoted.
+        return _refused(RefusedReason.HEADER_MISMATCH,
+                        f"the first row does not look like the schema's header: {found} of {len(expected)}"
+                        f" expected columns found; missing {names}")
+    spare = [cell.strip() for cell in header if normalise_header(cell) not in declared and _quotable(cell)]
+    parts = []
+    for wanted in missing:
+        part = f"missing column {wanted!r}"
+        close = _closest(wanted, spare)
+        if close is not None:
+            part += f" (closest header in the file: {close!r})"
+        parts.append(part)
+    return _refused(RefusedReason.HEADER_MISMATCH, "the header does not match the schema: " + "; ".join(parts))
+
+
+def _quotable(cell: str) -> bool:
+    """Column names are not identifying, but a cell quoted back must at least look like a name."""
+    text = cell.strip()
+    return 0 < len(text) <= 64 and text.isprintable() and not re.search(r"\d{3}|@", text)
+
+
+def _closest(wanted: str, candidates: list[str]) -> str | None:
+    keys = {normalise_header(c): c for c in candidates}
+    match = difflib.get_close_matches(normalise_header(wanted), list(keys), n=1, cutoff=0.6)
+    return keys[match[0]] if match else None
+
+
+# -- rows ---------------------------------------------------------------------------------------
+
+
+class _Table:
+    """Accumulates one file's rows: valid ones pseudonymised, the others as problems."""
+
+    def __init__(self, schema: ClinicalSchema, pseudonyms: Pseudonymiser, positions: dict[str, int],
+                 width: int, *, decimal_comma: bool) -> None:
+        self.schema = schema
+        self.pseudonyms = pseudonyms
+        self.width = width
+        self.decimal_comma = decimal_comma
+        self.id_at = positions[normalise_header(schema.patient_id.header)]
+        issuer = schema.patient_id.issuer_column
+        self.issuer_at = None if issuer is None else positions[normalise_header(issuer)]
+        self.kept = [(column, positions[normalise_header(column.header)]) for column in schema.columns]
+        # Values of columns declared identifying (names, NHS numbers) are dropped, and searched for.
+        self.identifying = [positions[key] for key in (normalise_header(c.header) for c in schema.dropped
+                                                       if c.identifying) if key in positions]
+        self.out = io.StringIO()
+        self.writer = csv.writer(self.out, lineterminator="\r\n")
+        self.writer.writerow(schema.output_header)
+        self.result_ = TableResult()
+        self.searched: dict[str, int] = {}  # casefolded source value -> first row holding it
+        self.offsets: dict[str, timedelta] = {}
+
+    def add(self, row: int, record: list[str]) -> None:
+        if _blank(record):  # blank lines, and Excel's rows of empty cells, are not rows
+            return
+        result = self.result_
+        result.rows_in += 1
+        # Strict, even when the extra cells are empty: an unquoted delimiter in a value shifts every
+        # later cell one column right, and a shifted row can pass validation with wrong values.
+        if len(record) != self.width:
+            result.rejects.append(RowProblem(row, "", f"{len(record)} fields where the header has {self.width}"
+                                             " (a value holding the delimiter without quotes?)"))
+            return
+        cells = [cell.strip() for cell in record]
+        problems: list[RowProblem] = []
+        source_patient_id = self._patient_id(row, cells, problems)
+        for at in self.identifying:
+            self._search(cells[at], row, min_length=_MIN_SEARCHED)
+        values = [self._value(row, column, cells[at], source_patient_id, problems) for column, at in self.kept]
+        if problems:
+            result.rejects.extend(problems)
+            self._search(source_patient_id, row, min_length=_MIN_SEARCHED)
+            return
+        assert source_patient_id is not None
+        pseudonym = self.pseudonyms.patient_pseudonym(source_patient_id)
+        self.writer.writerow([pseudonym, *values])
+        result.pseudonyms.add(pseudonym)
+        result.rows_out += 1
+        self._search(source_patient_id, row, min_length=1)
+
+    def _search(self, value: str | None, row: int, *, min_length: int) -> None:
+        if value and len(value) >= min_length:
+            self.searched.setdefault(value.casefold(), row)
+
+    def _patient_id(self, row: int, cells: list[str], problems: list[RowProblem]) -> str | None:
+        spec = self.schema.patient_id
+        source_patient_id = cells[self.id_at]
+        if not source_patient_id:
+            problems.append(RowProblem(row, spec.header, "patient identifier missing"))
+            return None
+        if spec.pattern is not None and not spec.pattern.fullmatch(source_patient_id):
+            problems.append(RowProblem(row, spec.header, "patient identifier does not match patient_id.pattern"))
+        if self.issuer_at is not None:
+            issuer = cells[self.issuer_at]
+            if not issuer:
+                problems.append(RowProblem(row, str(spec.issuer_column), "issuer missing"))
+            elif issuer.casefold() != spec.issuer.casefold():
+                problems.append(RowProblem(row, str(spec.issuer_column),
+                                           f"identifier issued by another authority than {spec.issuer}"))
+        return source_patient_id
+
+    def _value(self, row: int, column: KeptColumn, text: str, source_patient_id: str | None,
+               problems: list[RowProblem]) -> str:
+        if normalise_code(text) in self.schema.missing_values:
+            text = ""
+        if not text:
+            if column.required:
+                problems.append(RowProblem(row, column.header, "required value missing"))
+            return ""
+        try:
+            if column.type in (ColumnType.DATE, ColumnType.DATETIME):
+                if source_patient_id is None:
+                    return ""  # the row is rejected already; without a patient there is no offset
+                return values.dated(column, text, self._offset(source_patient_id))
+            if column.type == ColumnType.CODE:
+                return values.code(column, text)
+            return values.number(column, text, decimal_comma=self.decimal_comma)
+        except values.Invalid as invalid:
+            problems.append(RowProblem(row, column.header, str(invalid)))
+            return ""
+
+    def _offset(self, source_patient_id: str) -> timedelta:
+        offset = self.offsets.get(source_patient_id)
+        if offset is None:
+            offset = self.offsets[source_patient_id] = self.pseudonyms.date_offset(source_patient_id)
+        return offset
+
+    def result(self) -> TableResult:
+        result = self.result_
+        output = self.out.getvalue()
+        leak = _first_leak(output, self.searched)
+        if leak is not None:
+            return _refused(RefusedReason.IDENTIFIER_IN_OUTPUT,
+                            f"the source identifier of row {leak} appears in the output; nothing of the file"
+                            " is uploaded (is an identifier also declared as a kept column?)",
+                            rows_in=result.rows_in)
+        result.csv = output.encode("utf-8")
+        return result
+
+
+def _first_leak(output: str, searched: dict[str, int]) -> int | None:
+    """The row of the first searched value found anywhere in the output text, or None.
+
+    Slides a window of each searched length over each line once, so the cost grows with the
+    output's size times the number of distinct lengths, not with rows times output size.
+    """
+    if not searched:
+        return None
+    text = output.casefold()
+    hits: list[int] = []
+    lengths = sorted({len(value) for value in searched})
+    for value, row in searched.items():  # a value spanning lines cannot be found line by line
+        if ("\n" in value or "\r" in value) and value in text:
+            hits.append(row)
+    for line in set(text.splitlines()):
+        for length in lengths:
+            for start in range(len(line) - length + 1):
+                found = searched.get(line[start:start + length])
+                if found is not None:
+                    hits.append(found)
+    return min(hits) if hits else None
