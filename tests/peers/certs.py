@@ -4,6 +4,7 @@
     pki.ca_certificate, pki.server_certificate, pki.server_key     # what nginx presents / trusts
     pki.client_certificate, pki.client_key                         # what the agent presents
     pki.other_ca_certificate, pki.other_server_certificate, ...    # a CA the client must NOT trust
+    pki.other_client_certificate, pki.other_client_key             # a site cert nginx must NOT accept
 
 Made with the `cryptography` library (no openssl CLI), EC P-256 keys so generation takes a few
 milliseconds. The extensions follow RFC 5280 closely enough for OpenSSL's strict verification
@@ -46,6 +47,8 @@ class Pki:
     other_ca_certificate: Path  # an unrelated CA: a client trusting only ca_certificate refuses it
     other_server_certificate: Path  # same names as server_certificate, signed by the other CA
     other_server_key: Path
+    other_client_certificate: Path  # a client certificate signed by the other CA
+    other_client_key: Path
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ def make_pki(directory: Path) -> Pki:
     client_key, client_certificate = _leaf(SITE_CLIENT_CN, ca, server=False)
     other, other_ca_certificate = _ca("nmip-agent test OTHER CA (not trusted)")
     other_server_key, other_server_certificate = _leaf("127.0.0.1", other, server=True)
+    other_client_key, other_client_certificate = _leaf(SITE_CLIENT_CN, other, server=False)
     d = directory
     return Pki(
         ca_certificate=_write_certificate(d / "ca.pem", ca_certificate),
@@ -168,4 +172,6 @@ def make_pki(directory: Path) -> Pki:
         other_ca_certificate=_write_certificate(d / "other-ca.pem", other_ca_certificate),
         other_server_certificate=_write_certificate(d / "other-server.pem", other_server_certificate),
         other_server_key=_write_key(d / "other-server.key", other_server_key),
+        other_client_certificate=_write_certificate(d / "other-client.pem", other_client_certificate),
+        other_client_key=_write_key(d / "other-client.key", other_client_key),
     )

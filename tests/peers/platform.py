@@ -11,7 +11,9 @@ What runs (both child processes of the test, nothing from the Debian services):
   TLS with a server certificate from a test CA (tests/peers/certs.py) naming 127.0.0.1 and
   localhost, `ssl_verify_client on` against that CA, and `Authorization: Bearer <token>` on every
   location but the OAuth2 token endpoint (401 and `WWW-Authenticate: Bearer` otherwise).
-  `/dicom-web/` is proxied to Orthanc's DICOMweb plugin; `/manifests/` and `/clinical/` take
+  HTTP/1.1, and HTTP/2 for a client that offers h2 by ALPN. `/dicom-web/` is proxied to
+  Orthanc's DICOMweb plugin, the body buffered first (no size limit) so that a chunked upload
+  reaches Orthanc with a Content-Length; `/manifests/` and `/clinical/` take
   WebDAV PUTs into webdav_root (201 Created for a new file, 204 No Content when it replaces one;
   missing folders are created); `POST /oauth2/token` answers the client-credentials JSON when
   HTTP Basic carries the right client id and secret (401 `{"error": "invalid_client"}`
@@ -23,9 +25,9 @@ What runs (both child processes of the test, nothing from the Debian services):
   listed in a file (reject_sop_instances()).
 
 What the TLS front answers, as observed with nginx 1.22.1 (Debian bookworm):
-- no client certificate, or one from another CA: the TLS handshake completes and nginx answers
-  HTTP 400 ("No required SSL certificate was sent" / "The SSL certificate error"), so the
-  client sees a 400, not a handshake failure.
+- no client certificate, or one from another CA (other_client_certificate): the TLS handshake
+  completes and nginx answers HTTP 400 with an HTML body saying "No required SSL certificate
+  was sent" / "The SSL certificate error", so the client sees a 400, not a handshake failure.
 - a server certificate from another CA (use_other_ca_server_certificate()): a client trusting
   only ca_bundle fails certificate verification (ssl.SSLCertVerificationError,
   CERTIFICATE_VERIFY_FAILED), before any HTTP is sent.
@@ -41,12 +43,14 @@ Debian bookworm), observed with `Accept: application/dicom+json` (XML alike):
   same request are neither stored nor listed (sent [ok, refused, ok] -> stored [ok]; refused
   first -> nothing stored, both sequences empty). So "the rest stored" holds only when the
   refused instance is the last part.
-Why: the Lua filter raises an error (Orthanc's LuaError, code 2031), the plugin's internal POST
-/instances throws, and 1.7 does not catch it per part: the multipart reader stops there and the
-answer is built from what came before. (A filter returning false instead is worse: Orthanc
-answers "FilteredOut", the plugin counts it as stored and lists it in ReferencedSOPSequence,
-so the client is told a dropped instance was stored.) Later plugin versions catch the error and
-answer 202 with a FailedSOPSequence item (FailureReason 0x0110); Debian bookworm ships 1.7.
+Why (from Orthanc's log and the plugin's source): the Lua filter raises an error (Orthanc's
+LuaError, code 2031), the plugin's internal POST /instances throws, and 1.7 does not catch it
+per part, so apparently its multipart reader gives up there and the answer is built from the
+parts before. (A filter returning false instead is worse, also observed: Orthanc answers
+"FilteredOut", the plugin counts it as stored and lists it in ReferencedSOPSequence, so the
+client is told a dropped instance was stored.) The plugin's current upstream source catches the
+error per part and answers 202 with a FailedSOPSequence item (FailureReason 0x0110), but Debian
+bookworm ships 1.7, so no FailedSOPSequence item can be produced here by refusing an instance.
 A client therefore has to compare ReferencedSOPSequence with what it sent, whatever the status.
 The response never lists an instance that was not stored. test_platform.py pins this down.
 
@@ -190,6 +194,7 @@ class _NginxSettings:
     oauth2_client_id: str
     oauth2_client_secret: str
     other_ca_server: bool = False
+    oauth2_expires_in: int = OAUTH2_EXPIRES_IN_S
 
     def server_certificate(self) -> tuple[Path, Path]:
         if self.other_ca_server:
@@ -207,7 +212,7 @@ def _nginx_conf(s: _NginxSettings) -> str:
     p = s.prefix
     user = "user root;\n" if os.geteuid() == 0 else ""  # workers write webdav_root and temp paths
     token_json = json.dumps(
-        {"access_token": s.token, "token_type": "Bearer", "expires_in": OAUTH2_EXPIRES_IN_S}
+        {"access_token": s.token, "token_type": "Bearer", "expires_in": s.oauth2_expires_in}
     )
     bearer_required = """
             if ($nmip_bearer_ok = 0) {
@@ -254,7 +259,7 @@ http {{
     }}
 
     server {{
-        listen {LOOPBACK}:{s.port} ssl;
+        listen {LOOPBACK}:{s.port} ssl http2;  # HTTP/2 only for clients offering it (ALPN)
         server_name 127.0.0.1 localhost;
 
         ssl_certificate {certificate};
@@ -419,7 +424,7 @@ class StoredInstance:
         return str(self.tags["SOPInstanceUID"])
 
 
-@dataclass
+@dataclass(repr=False)
 class Platform:
     """A running central platform; see platform()."""
 
@@ -435,6 +440,10 @@ class Platform:
     _rejected_file: Path
     _initial_token: str
     _rejected: frozenset[str] = field(default=frozenset())
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"Platform({self.base_url}, {state}, workdir={self.workdir})"
 
     # --- where the agent connects, and with what
 
@@ -476,6 +485,15 @@ class Platform:
         return self.pki.client_key
 
     @property
+    def other_client_certificate(self) -> Path:
+        """A client certificate from the other CA: nginx answers 400 to it."""
+        return self.pki.other_client_certificate
+
+    @property
+    def other_client_key(self) -> Path:
+        return self.pki.other_client_key
+
+    @property
     def token(self) -> str:
         """The bearer token nginx accepts now (and the OAuth2 endpoint hands out)."""
         return self._nginx.settings.token
@@ -492,11 +510,17 @@ class Platform:
     def access_log(self) -> Path:
         return self._nginx.settings.prefix / "logs" / "access.log"
 
-    def ssl_context(self, *, client_certificate: bool = True, ca: Path | None = None) -> ssl.SSLContext:
-        """A client context trusting `ca` (default ca_bundle), presenting the site's certificate or none."""
+    def ssl_context(
+        self, *, client_certificate: bool | tuple[Path, Path] = True, ca: Path | None = None
+    ) -> ssl.SSLContext:
+        """A client context trusting `ca` (default ca_bundle) alone, hostname checked, presenting
+        the site's certificate (True), none (False) or the given (certificate, key)."""
         context = ssl.create_default_context(cafile=str(ca or self.ca_bundle))
+        if client_certificate is True:
+            client_certificate = (self.client_certificate, self.client_key)
         if client_certificate:
-            context.load_cert_chain(str(self.client_certificate), str(self.client_key))
+            certificate, key = client_certificate
+            context.load_cert_chain(str(certificate), str(key))
         return context
 
     def auth_headers(self, token: str | None = None) -> dict[str, str]:
@@ -533,12 +557,16 @@ class Platform:
         finally:
             self.use_platform_server_certificate()
 
-    def set_token(self, new: str, *, update_token_file: bool = False) -> None:
-        """Accept only `new` from now on (the old token gets 401); the OAuth2 endpoint hands out `new`.
+    def set_token(self, new: str, *, update_token_file: bool = False, expires_in: int | None = None) -> None:
+        """Accept only `new` from now on (the old token gets 401); the OAuth2 endpoint hands out `new`
+        (with `expires_in` seconds, when given, instead of 3600).
 
         token_file keeps the old token unless update_token_file (an operator rotating it on disk).
         """
-        self._change(token=_check_token(new))
+        changes: dict[str, Any] = {"token": _check_token(new)}
+        if expires_in is not None:
+            changes["oauth2_expires_in"] = int(expires_in)
+        self._change(**changes)
         if update_token_file:
             _write_secret(self.token_file, new)
 
@@ -603,8 +631,10 @@ class Platform:
             self.reject_sop_instances(())
         _write_secret(self.token_file, self._initial_token)
         settings = self._nginx.settings
-        if settings.token != self._initial_token or settings.other_ca_server:
-            self._change(token=self._initial_token, other_ca_server=False)
+        if (settings.token, settings.other_ca_server, settings.oauth2_expires_in) != (
+            self._initial_token, False, OAUTH2_EXPIRES_IN_S
+        ):
+            self._change(token=self._initial_token, other_ca_server=False, oauth2_expires_in=OAUTH2_EXPIRES_IN_S)
         if not self.running:
             self.start()
 

@@ -9,6 +9,7 @@ stop()/start() and a refused SOP instance look to a client the way the module do
 from __future__ import annotations
 
 import io
+import socket
 import ssl
 import stat
 from collections.abc import Iterator
@@ -136,6 +137,45 @@ def test_without_client_certificate_nginx_answers_400_and_stores_nothing(central
     assert central.stored_sop_instance_uids() == set()
 
 
+def test_client_certificate_from_another_ca_gets_400(central: Platform) -> None:
+    context = central.ssl_context(client_certificate=(central.other_client_certificate, central.other_client_key))
+    with httpx.Client(verify=context, trust_env=False, timeout=30) as stranger:
+        response = stow(stranger, central, encode(instance("CT_small.dcm")))
+    assert response.status_code == 400
+    assert "The SSL certificate error" in response.text
+    assert central.stored_sop_instance_uids() == set()
+
+
+def test_chunked_stow_rs_is_stored(central: Platform, client: httpx.Client) -> None:
+    """A client streaming its body (Transfer-Encoding: chunked, no Content-Length) is served too:
+    nginx buffers the body and hands Orthanc a Content-Length."""
+    ct, mr = instance("CT_small.dcm"), instance("MR_small.dcm")
+    body = stow_body(encode(ct), encode(mr))
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 4096):
+            yield body[start : start + 4096]
+
+    headers = {
+        **central.auth_headers(),
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+        "Accept": "application/dicom+json",
+    }
+    request = client.build_request("POST", f"{central.dicomweb_url}/studies", content=chunks(), headers=headers)
+    assert request.headers["transfer-encoding"] == "chunked" and "content-length" not in request.headers
+    response = client.send(request)
+    assert response.status_code == 200, response.text
+    assert central.stored_sop_instance_uids() == {ct.SOPInstanceUID, mr.SOPInstanceUID}
+
+
+def test_http2_is_offered_by_alpn(central: Platform) -> None:
+    context = central.ssl_context()
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", central.port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert tls.selected_alpn_protocol() == "h2"
+
+
 @pytest.mark.parametrize("token", ["wrong-token", ""])
 def test_wrong_or_missing_token_gets_401_everywhere(central: Platform, client: httpx.Client, token: str) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -239,8 +279,12 @@ def test_oauth2_client_credentials_and_token_change(central: Platform, client: h
     renewed = client.post(central.oauth2_token_url, data=grant, auth=(central.oauth2_client_id, secret)).json()
     assert renewed["access_token"] == "rotated-token-1"
     assert client.get(studies, headers=central.auth_headers(renewed["access_token"])).status_code == 200
+    central.set_token("rotated-token-2", expires_in=5)
+    short = client.post(central.oauth2_token_url, data=grant, auth=(central.oauth2_client_id, secret)).json()
+    assert (short["access_token"], short["expires_in"]) == ("rotated-token-2", 5)
     central.reset()
     assert client.get(studies, headers=central.auth_headers(old)).status_code == 200
+    assert client.post(central.oauth2_token_url, data=grant, auth=(central.oauth2_client_id, secret)).json() == body
 
 
 def test_secrets_and_keys_are_private_and_server_certificate_names_loopback(central: Platform) -> None:
