@@ -88,6 +88,7 @@ NGINX = "/usr/sbin/nginx"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 STARTUP_TIMEOUT_S = 30.0
 OAUTH2_EXPIRES_IN_S = 3600
+OLD_WORKER_WAIT_S = 5.0  # after a reload, how long to wait for the old workers to be gone
 # What Orthanc 1.10.1 + DICOMweb 1.7 answer to a STOW-RS request with a refused instance (see above).
 STOW_STATUS_WHEN_REFUSED = 200
 _POLL_S = 0.02
@@ -230,6 +231,7 @@ def _nginx_conf(s: _NginxSettings) -> str:
 {user}daemon off;
 master_process on;
 worker_processes 1;
+worker_shutdown_timeout 10s;
 pid {p / "nginx.pid"};
 error_log {p / "logs" / "error.log"} info;
 
@@ -386,9 +388,12 @@ class _Nginx:
     def reload(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
         """Rewrite the config and SIGHUP the master; return once only new workers take connections.
 
-        The master starts new workers, then tells the old ones to stop accepting and finish
-        (their title becomes "worker process is shutting down"), so a connection made after this
-        returns is served with the new settings.
+        The master starts new workers, then tells the old ones to stop accepting, close their
+        idle keep-alive connections and finish (title "worker process is shutting down"). This
+        waits for that, then (up to OLD_WORKER_WAIT_S) for the old workers to be gone, so that a
+        client's pooled connection is not reused against the old settings: its next request opens
+        a new connection, served with the new ones. An old worker still busy with a request after
+        that is left to finish it (worker_shutdown_timeout bounds it).
         """
         if not self.running():
             self.write_conf()  # start() will read it
@@ -403,9 +408,12 @@ class _Nginx:
             new = [pid for pid in children if pid not in old and "worker process" in children[pid]]
             old_accepting = [pid for pid in old if pid in children and "shutting down" not in children[pid]]
             if new and not old_accepting:
-                return
+                break
             if self.process.poll() is not None or time.monotonic() >= deadline:
                 raise RuntimeError(f"nginx did not reload within {timeout:g} s; its error log:\n{_tail(self.error_log)}")
+            time.sleep(_POLL_S)
+        settle = time.monotonic() + OLD_WORKER_WAIT_S
+        while old & set(_children(self.process.pid)) and time.monotonic() < settle:
             time.sleep(_POLL_S)
 
 
@@ -723,6 +731,7 @@ def platform(workdir: Path, *, token: str | None = None) -> Iterator[Platform]:
         (webdav_root / collection).mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         server = stack.enter_context(orthanc(workdir, extra_config=_orthanc_extra(lua, port)))
+        stack.callback(_kill, server.process)
         _check_dicomweb_loaded(server)
         nginx = _Nginx(
             _NginxSettings(
@@ -752,6 +761,14 @@ def platform(workdir: Path, *, token: str | None = None) -> Iterator[Platform]:
         )
         central.start()
         yield central
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL: Orthanc's clean stop takes over 2 s (its HTTP server's), and its storage and index
+    are thrown away with workdir anyway. orthanc()'s own stop then finds it gone."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 def _check_dicomweb_loaded(server: Orthanc) -> None:
