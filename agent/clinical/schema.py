@@ -136,7 +136,8 @@ class _Wrong(Exception):
 
 
 def _join(path: str, key: object) -> str:
-    return f"{path}.{key}" if path else str(key)
+    """`columns` + `age` is `columns.age`; an empty side is left out."""
+    return f"{path}.{key}" if path and key != "" else f"{path}{key}"
 
 
 def _show(value: Any) -> str:
