@@ -47,21 +47,25 @@ else
     die "not root and sudo is not available; run as root: apt-get install ${missing[*]}"
 fi
 
-# The orthanc and nginx packages start and enable their system services on install. The tests
-# never use them (tests/peers/orthanc.py and tests/peers/platform.py run their own servers on
-# free ports with temporary configs), and a PACS left listening on 4242/8042 or a web server on
-# port 80 is not something to leave behind, so while apt runs a policy-rc.d (Debian's hook that
-# invoke-rc.d and deb-systemd-invoke consult) forbids starting them, and afterwards the services
-# are disabled. A policy-rc.d already in place (containers have one that forbids every start) is
-# left alone.
-SERVICES=(orthanc nginx)
+# The orthanc and nginx packages start and enable their system services on install, and
+# orthanc-dicomweb's trigger restarts the orthanc service. The tests never use them
+# (tests/peers/orthanc.py and tests/peers/platform.py run their own servers on free ports with
+# temporary configs), and a PACS left listening on 4242/8042 or a web server on port 80 is not
+# something to leave behind, so while apt runs a policy-rc.d (Debian's hook that invoke-rc.d and
+# deb-systemd-invoke consult) forbids starting either, and afterwards the services of the packages
+# installed now are disabled. A policy-rc.d already in place (containers have one that forbids
+# every start) is left alone.
 POLICY=/usr/sbin/policy-rc.d
 temporary_policy=false
+needs_policy=false
 new_services=()
 for pkg in "${missing[@]}"; do
-    for service in "${SERVICES[@]}"; do [ "$pkg" = "$service" ] && new_services+=("$service"); done
+    case "$pkg" in
+        orthanc|nginx) new_services+=("$pkg"); needs_policy=true ;;
+        orthanc-dicomweb) needs_policy=true ;;
+    esac
 done
-if [ "${#new_services[@]}" -gt 0 ] && [ ! -e "$POLICY" ]; then
+if $needs_policy && [ ! -e "$POLICY" ]; then
     printf '#!/bin/sh\n# install-debian-packages: do not start the orthanc or nginx service\ncase "$1" in orthanc|nginx) exit 101 ;; esac\nexit 0\n' \
         | "${SUDO[@]}" tee "$POLICY" >/dev/null
     "${SUDO[@]}" chmod 755 "$POLICY"
