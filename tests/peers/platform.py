@@ -54,6 +54,12 @@ bookworm ships 1.7, so no FailedSOPSequence item can be produced here by refusin
 A client therefore has to compare ReferencedSOPSequence with what it sent, whatever the status.
 The response never lists an instance that was not stored. test_platform.py pins this down.
 
+The one per-instance FailedSOPSequence item DICOMweb 1.7 does produce, also observed: a POST to
+`/dicom-web/studies/{StudyInstanceUID}` with a part from another study answers HTTP 409 with NO
+Content-Type header (the body is still DICOM JSON): that part in FailedSOPSequence with
+ReferencedSOPClassUID, ReferencedSOPInstanceUID and FailureReason 272 (0x0110, as a JSON
+number), not stored; the other parts stored and in ReferencedSOPSequence.
+
 The platform can be shared by the tests of a module (central_platform fixture) and reset() to
 its initial state (no instances, no PUT files, first token, platform certificate, no rejected
 UIDs, nginx running) between them (clean_platform fixture).

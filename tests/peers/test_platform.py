@@ -243,6 +243,29 @@ def test_refused_instance_first_means_nothing_after_it_is_stored(central: Platfo
     )
 
 
+def test_part_of_another_study_posted_to_a_study_url_is_a_failed_sop_with_409(
+    central: Platform, client: httpx.Client
+) -> None:
+    """DICOMweb 1.7's one per-instance failure item: the study in the URL is not the part's."""
+    ct, mr = instance("CT_small.dcm"), instance("MR_small.dcm")
+    assert ct.StudyInstanceUID != mr.StudyInstanceUID
+    headers = {
+        **central.auth_headers(),
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+        "Accept": "application/dicom+json",
+    }
+    url = f"{central.dicomweb_url}/studies/{ct.StudyInstanceUID}"
+    response = client.post(url, content=stow_body(encode(ct), encode(mr)), headers=headers)
+    assert response.status_code == 409
+    assert "content-type" not in response.headers
+    answer = response.json()
+    assert referenced_uids(answer) == [ct.SOPInstanceUID]
+    [failed] = sequence(answer, FAILED_SOP_SEQUENCE)
+    assert failed[REFERENCED_SOP_INSTANCE_UID]["Value"] == [mr.SOPInstanceUID]
+    assert failed["00081197"] == {"vr": "US", "Value": [0x0110]}
+    assert central.stored_sop_instance_uids() == {ct.SOPInstanceUID}
+
+
 def test_stop_refuses_connections_and_start_brings_it_back_with_the_data(
     central: Platform, client: httpx.Client
 ) -> None:
