@@ -40,6 +40,7 @@ class ReceiveConfig:
     network_timeout_s: float = 30.0
     idle_timeout_s: float = 60.0
     max_pdu_bytes: int = 262_144
+    processes: int = 2
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,7 @@ _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "receive": {
         "ae_title": _ae_title, "bind_address": _address, "port": _int(1, 65535), "allowed_peers": _peers,
         "max_associations": _int(1, 64), "network_timeout_s": _number(1, 3600), "idle_timeout_s": _number(1, 86400),
-        "max_pdu_bytes": _int(4096, 16_777_216),
+        "max_pdu_bytes": _int(4096, 16_777_216), "processes": _int(1, 32),
     },
     "spool": {"directory": Path, "quota_mb": _int(1, 10_000_000), "min_free_mb": _int(0, 10_000_000),
               "retention_days": _int(1, 3650)},

@@ -24,6 +24,7 @@ from agent.deidentify import load_profile
 from agent.errors import UnreadableInput
 from agent.keys import load_key_file
 from agent.process import InstanceProcessor
+from agent.processes import name_process
 from agent.quarantine import Reason, Refusal, quarantine, write_atomically
 from agent.spool.state import State
 from agent.spool.store import Spool
@@ -51,6 +52,7 @@ _processor: InstanceProcessor | None = None
 
 def _init_worker(profile: str, key_file: Path, daemon_pid: int) -> None:
     global _processor
+    name_process("nmip-deidentify")
     _processor = InstanceProcessor(load_profile(profile), load_key_file(key_file))
     threading.Thread(target=_exit_with, args=(daemon_pid,), name="watch-daemon", daemon=True).start()
 

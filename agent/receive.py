@@ -11,18 +11,26 @@ database: the sender retries), 0xC210 cannot understand (not a parseable dataset
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
+import signal
+import socket
 import threading
 import time
+from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 from agent import log
-from agent.config import ReceiveConfig
-from agent.deidentify.pseudonym import Pseudonymiser
+from agent.config import Config, ReceiveConfig
+from agent.deidentify.pseudonym import Pseudonymiser, PseudonymSettings
+from agent.keys import load_key_file
+from agent.processes import die_with, name_process
 from agent.spool.state import State
 from agent.spool.store import NoSpace, Spool
 
@@ -49,11 +57,48 @@ TRANSFER_SYNTAXES = [
 _USAGE_REFRESH_S = 10.0
 
 
-class Receiver:
-    """The SCP; `start` returns once it listens, `stop` closes it and its associations."""
+def open_listener(config: ReceiveConfig) -> socket.socket:
+    """The listening socket, bound once by the daemon and shared by its receiver processes.
 
-    def __init__(self, config: ReceiveConfig, spool: Spool, state: State, names: Pseudonymiser) -> None:
+    Non-blocking: every receiver wakes for a new connection and the ones that lose the race to
+    accept it go back to waiting instead of blocking in accept().
+    """
+    listener = socket.create_server((config.bind_address, config.port), backlog=64, reuse_port=False)
+    listener.setblocking(False)
+    return listener
+
+
+def _server_class(listener: socket.socket) -> type[ThreadedAssociationServer]:
+    class SharedListenerServer(ThreadedAssociationServer):
+        """pynetdicom's server, accepting on a socket bound by the daemon instead of its own."""
+
+        def server_bind(self) -> None:
+            if self.socket is not None:
+                self.socket.close()
+            self.socket = listener
+            self.server_address = listener.getsockname()
+
+        def server_activate(self) -> None:
+            pass  # already listening
+
+    return SharedListenerServer
+
+
+class Receiver:
+    """The SCP; `start` returns once it listens, `stop` closes it and its associations.
+
+    With `listener` it accepts on that socket (the daemon's receiver processes), and `slots`
+    counts open associations across processes so `max_associations` holds for the whole agent.
+    """
+
+    def __init__(self, config: ReceiveConfig, spool: Spool, state: State, names: Pseudonymiser, *,
+                 listener: socket.socket | None = None, slots: SynchronizedArray[int] | None = None,
+                 slot_index: int = 0) -> None:
         self.config = config
+        self.listener = listener
+        self.slots = slots
+        self.slot_index = slot_index
+        self._counted: set[int] = set()
         self.spool = spool
         self.state = state
         self.names = names
@@ -88,12 +133,17 @@ class Receiver:
             (evt.EVT_ABORTED, self._on_closed),
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_CONN_CLOSE, self._on_connection_closed),
         ]
-        self._server = self.ae.start_server(
-            (self.config.bind_address, self.config.port), block=False, evt_handlers=handlers
-        )
-        _log.info("receiver_listening", ae_title=self.config.ae_title, address=self.config.bind_address,
-                  port=self.port)
+        address = (self.config.bind_address, self.config.port)
+        if self.listener is None:
+            self._server = self.ae.start_server(address, block=False, evt_handlers=handlers)
+            _log.info("receiver_listening", ae_title=self.config.ae_title, address=self.config.bind_address,
+                      port=self.port)
+            return
+        self._server = self.ae.make_server(address, evt_handlers=handlers, server_class=_server_class(self.listener))
+        threading.Thread(target=self._server.serve_forever, name="acceptor", daemon=True).start()
+        self.ae._servers.append(self._server)
 
     @property
     def port(self) -> int:
@@ -123,6 +173,30 @@ class Receiver:
                          reason="not an allowed peer")
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, calling AE not recognised
             event.assoc.kill()
+        elif not self._take_slot(id(event.assoc)):
+            _log.warning("association_rejected", calling_ae_title=calling, address=address,
+                         reason="max_associations reached")
+            event.assoc.acse.send_reject(0x02, 0x03, 0x02)  # rejected-transient, local limit exceeded
+            event.assoc.kill()
+
+    def _take_slot(self, assoc_id: int) -> bool:
+        if self.slots is None:
+            return True  # one process: pynetdicom's own maximum_associations applies
+        with self.slots.get_lock():
+            if sum(self.slots[:]) >= self.config.max_associations:
+                return False
+            self.slots[self.slot_index] += 1
+        with self._lock:
+            self._counted.add(assoc_id)
+        return True
+
+    def _on_connection_closed(self, event: Any) -> None:
+        with self._lock:
+            counted = id(event.assoc) in self._counted
+            self._counted.discard(id(event.assoc))
+        if counted and self.slots is not None:
+            with self.slots.get_lock():
+                self.slots[self.slot_index] -= 1
 
     def _on_established(self, event: Any) -> None:
         with self._lock:
@@ -176,6 +250,87 @@ class Receiver:
         if follow_up:
             _log.info("study_reopened", study_key=study_key)
         return SUCCESS
+
+
+# -- receiver processes --------------------------------------------------------------------------
+
+def _receiver_main(config: Config, listener: socket.socket, parent_pid: int, slots: SynchronizedArray[int],
+                   index: int) -> None:
+    """One receiver process: its own interpreter (and GIL), spool writer and database connection."""
+    die_with(parent_pid)
+    name_process(f"nmip-receive-{index}")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the daemon, which stops us
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    log.configure(config.log.level)
+    state = State(config.pipeline.database)
+    names = Pseudonymiser(load_key_file(config.pipeline.key_file), PseudonymSettings())
+    receiver = Receiver(config.receive, Spool.from_config(config.spool), state, names, listener=listener,
+                        slots=slots, slot_index=index)
+    receiver.start()
+    while not stopping.wait(0.5) and os.getppid() == parent_pid:
+        pass
+    receiver.stop()
+    state.close()
+
+
+class ReceiverProcesses:
+    """`receive.processes` SCP processes accepting on one socket the daemon binds.
+
+    pynetdicom reads PDUs in Python threads, so in one process every association shares one
+    interpreter lock; separate processes let concurrent associations use every core. Each
+    instance is still spooled, committed to the shared WAL database and only then answered.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._context = multiprocessing.get_context("spawn")
+        # Open associations per process, summed against max_associations; a dead process's count
+        # is reset with it.
+        self._slots: SynchronizedArray[int] = self._context.Array("i", config.receive.processes)
+        self._listener: socket.socket | None = None
+        self._processes: list[multiprocessing.process.BaseProcess] = []
+
+    @property
+    def port(self) -> int:
+        return int(self._listener.getsockname()[1]) if self._listener is not None else self.config.receive.port
+
+    def start(self) -> None:
+        self._listener = open_listener(self.config.receive)
+        self._processes = [self._spawn(index) for index in range(self.config.receive.processes)]
+        receive = self.config.receive
+        _log.info("receiver_listening", ae_title=receive.ae_title, address=receive.bind_address, port=self.port,
+                  processes=len(self._processes))
+
+    def _spawn(self, index: int) -> multiprocessing.process.BaseProcess:
+        process = self._context.Process(target=_receiver_main, name=f"nmip-agent-receive-{index}", daemon=True,
+                                        args=(self.config, self._listener, os.getpid(), self._slots, index))
+        process.start()
+        return process
+
+    def supervise(self) -> None:
+        """Restart a receiver process that died: the agent keeps listening whatever happened to one."""
+        for index, process in enumerate(self._processes):
+            if not process.is_alive():
+                _log.error("receiver_process_died", exit_code=process.exitcode, action="restarted")
+                with self._slots.get_lock():
+                    self._slots[index] = 0
+                self._processes[index] = self._spawn(index)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM each process (they abort their open associations), then close the socket."""
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()
+        deadline = time.monotonic() + timeout_s
+        for process in self._processes:
+            process.join(max(0.1, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
 
 _PIXEL_DATA = 0x7FE00010

@@ -14,15 +14,13 @@ from types import FrameType
 from agent import log
 from agent.config import Config
 from agent.deidentify import load_profile
-from agent.deidentify.pseudonym import Pseudonymiser
 from agent.keys import load_key_file
 from agent.pipeline import Pipeline
-from agent.receive import Receiver
+from agent.receive import ReceiverProcesses
 from agent.spool.state import State
 from agent.spool.store import Spool
 
 _log = log.get("service")
-_MB = 1024 * 1024
 
 
 class Service:
@@ -33,14 +31,13 @@ class Service:
         key = load_key_file(config.pipeline.key_file)
         self.config = config
         self.state = State(config.pipeline.database)
-        self.spool = Spool(config.spool.directory, quota_bytes=config.spool.quota_mb * _MB,
-                           min_free_bytes=config.spool.min_free_mb * _MB)
+        self.spool = Spool.from_config(config.spool)
         self.pipeline = Pipeline(
             self.state, self.spool, profile=config.pipeline.profile, key_file=config.pipeline.key_file,
             outbox=config.pipeline.outbox, quarantine_dir=config.pipeline.quarantine,
             quiet_period_s=config.pipeline.quiet_period_s, workers=config.pipeline.workers,
         )
-        self.receiver = Receiver(config.receive, self.spool, self.state, Pseudonymiser(key, profile.pseudonym))
+        self.receiver = ReceiverProcesses(config)
         self.key_id = key.key_id
         self.profile = profile
 
@@ -52,6 +49,10 @@ class Service:
         self.receiver.start()
         _log.info("agent_started", profile=self.profile.name, key_id=self.key_id,
                   quiet_period_s=self.config.pipeline.quiet_period_s, workers=self.config.pipeline.workers)
+
+    def supervise(self) -> None:
+        """Called by `serve` every half second, on the main thread."""
+        self.receiver.supervise()
 
     def stop(self) -> None:
         self.receiver.stop()
@@ -76,7 +77,7 @@ def serve(config: Config) -> int:
         # Wake up regularly: the kernel may deliver SIGTERM to one of the SCP's threads, and Python
         # runs its handler only when the main thread next executes, which a bare wait() never does.
         while not stop.wait(0.5):
-            pass
+            service.supervise()
     finally:
         service.stop()
         for sig, handler in previous.items():

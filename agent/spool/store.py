@@ -12,6 +12,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from agent.config import SpoolConfig
+
+_MB = 1024 * 1024
+
 
 class NoSpace(OSError):
     """The disk or the spool quota cannot take this write."""
@@ -62,6 +66,10 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(directory, 0o700)
+
+    @classmethod
+    def from_config(cls, config: SpoolConfig) -> Spool:
+        return cls(config.directory, quota_bytes=config.quota_mb * _MB, min_free_bytes=config.min_free_mb * _MB)
 
     def path_of(self, sop_key: str) -> Path:
         return self.directory / sop_key[:2] / f"{sop_key}.dcm"

@@ -57,7 +57,7 @@ class Daemon:
         }
         for dotted, value in overrides.items():
             section, key_name = dotted.split("__")
-            config[section][key_name] = value
+            config.setdefault(section, {})[key_name] = value
         self.config_path = root / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = root / "agent.log"
@@ -86,6 +86,20 @@ class Daemon:
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
         self.process = None
+
+    def children(self) -> list[int]:
+        """The daemon's child processes: receivers and de-identification workers."""
+        assert self.process is not None
+        pid = self.process.pid
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+    def receiver_pids(self) -> list[int]:
+        def is_receiver(pid: int) -> bool:
+            try:
+                return Path(f"/proc/{pid}/comm").read_text().startswith("nmip-receive")
+            except OSError:
+                return False
+        return [pid for pid in self.children() if is_receiver(pid)]
 
     def status(self) -> dict[str, Any]:
         run = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--config", str(self.config_path), "--json"],
