@@ -59,10 +59,12 @@ The one per-instance FailedSOPSequence item DICOMweb 1.7 does produce, also obse
 Content-Type header (the body is still DICOM JSON): that part in FailedSOPSequence with
 ReferencedSOPClassUID, ReferencedSOPInstanceUID and FailureReason 272 (0x0110, as a JSON
 number), not stored; the other parts stored and in ReferencedSOPSequence.
+refuse_stow_except_study(uid) makes nginx send a client's `POST /dicom-web/studies` there, to
+get such answers from a client that never names the study.
 
 The platform can be shared by the tests of a module (central_platform fixture) and reset() to
 its initial state (no instances, no PUT files, first token, platform certificate, no rejected
-UIDs, nginx running) between them (clean_platform fixture).
+UIDs, no pinned study, nginx running) between them (clean_platform fixture).
 """
 
 from __future__ import annotations
@@ -202,6 +204,7 @@ class _NginxSettings:
     oauth2_client_secret: str
     other_ca_server: bool = False
     oauth2_expires_in: int = OAUTH2_EXPIRES_IN_S
+    stow_study: str | None = None  # refuse_stow_except_study()
 
     def server_certificate(self) -> tuple[Path, Path]:
         if self.other_ca_server:
@@ -232,6 +235,28 @@ def _nginx_conf(s: _NginxSettings) -> str:
             create_full_put_path on;
             dav_access user:rw group:r all:r;
             client_max_body_size 0;""" % s.webdav_root
+    proxy = f"""
+            proxy_pass http://{LOOPBACK}:{s.orthanc_port};  # the URI as the client sent it
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header Authorization "";
+            proxy_set_header X-Forwarded-Proto https;
+            # Whole body first (to a temp file under the prefix), so Orthanc always gets a
+            # Content-Length even from a chunked client; no size limit; slow studies allowed.
+            proxy_request_buffering on;
+            proxy_connect_timeout 10s;
+            proxy_send_timeout 300s;
+            proxy_read_timeout 300s;"""
+    pinned_stow = ""
+    if s.stow_study is not None:  # refuse_stow_except_study(): POST .../studies -> .../studies/{uid}
+        pinned_stow = f"""
+        location = /dicom-web/studies {{{bearer_required}
+            if ($request_method = POST) {{
+                rewrite ^ /dicom-web/studies/{s.stow_study} break;
+            }}{proxy}
+        }}
+"""
     return f"""\
 # Written by tests/peers/platform.py; rewritten and reloaded by each change of settings.
 {user}daemon off;
@@ -299,21 +324,9 @@ http {{
             return 200 '{token_json}';
         }}
 
-        location /dicom-web/ {{{bearer_required}
-            proxy_pass http://{LOOPBACK}:{s.orthanc_port}/dicom-web/;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header Authorization "";
-            proxy_set_header X-Forwarded-Proto https;
-            # Whole body first (to a temp file under the prefix), so Orthanc always gets a
-            # Content-Length even from a chunked client; no size limit; slow studies allowed.
-            proxy_request_buffering on;
-            proxy_connect_timeout 10s;
-            proxy_send_timeout 300s;
-            proxy_read_timeout 300s;
+        location /dicom-web/ {{{bearer_required}{proxy}
         }}
-
+{pinned_stow}
         location /manifests/ {{{bearer_required}{webdav}
         }}
 
@@ -584,6 +597,17 @@ class Platform:
         if update_token_file:
             _write_secret(self.token_file, new)
 
+    def refuse_stow_except_study(self, study_instance_uid: str | None) -> None:
+        """nginx forwards `POST /dicom-web/studies` to Orthanc as `POST /dicom-web/studies/{uid}`
+        (None: as sent again), so DICOMweb 1.7 refuses every part of another study with a
+        FailedSOPSequence item (FailureReason 0x0110) under HTTP 409 with no Content-Type, and
+        stores the parts of that study: the only per-instance failure items this platform can
+        produce (module docstring). A UID of no study refuses whole batches, item by item.
+        """
+        if study_instance_uid is not None and not set(study_instance_uid) <= set("0123456789."):
+            raise ValueError(f"not a UID: {study_instance_uid!r}")
+        self._change(stow_study=study_instance_uid)
+
     def reject_sop_instances(self, uids: Iterable[str]) -> None:
         """Make Orthanc refuse these SOP Instance UIDs (replacing the previous set; empty: refuse none).
 
@@ -645,10 +669,14 @@ class Platform:
             self.reject_sop_instances(())
         _write_secret(self.token_file, self._initial_token)
         settings = self._nginx.settings
-        if (settings.token, settings.other_ca_server, settings.oauth2_expires_in) != (
-            self._initial_token, False, OAUTH2_EXPIRES_IN_S
-        ):
-            self._change(token=self._initial_token, other_ca_server=False, oauth2_expires_in=OAUTH2_EXPIRES_IN_S)
+        initial = {
+            "token": self._initial_token,
+            "other_ca_server": False,
+            "oauth2_expires_in": OAUTH2_EXPIRES_IN_S,
+            "stow_study": None,
+        }
+        if any(getattr(settings, name) != value for name, value in initial.items()):
+            self._change(**initial)
         if not self.running:
             self.start()
 

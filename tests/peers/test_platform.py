@@ -266,6 +266,29 @@ def test_part_of_another_study_posted_to_a_study_url_is_a_failed_sop_with_409(
     assert central.stored_sop_instance_uids() == {ct.SOPInstanceUID}
 
 
+def test_refuse_stow_except_study_gives_failed_sop_items_to_a_post_on_studies(
+    central: Platform, client: httpx.Client
+) -> None:
+    ct, mr = instance("CT_small.dcm"), instance("MR_small.dcm")
+    central.refuse_stow_except_study("1.2.3.4.5.6.7.8.9")  # no such study: every part refused
+    response = stow(client, central, encode(ct), encode(mr))
+    assert response.status_code == 409
+    answer = response.json()
+    assert referenced_uids(answer) == []
+    failed = sequence(answer, FAILED_SOP_SEQUENCE)
+    assert [item[REFERENCED_SOP_INSTANCE_UID]["Value"][0] for item in failed] == [ct.SOPInstanceUID, mr.SOPInstanceUID]
+    assert {item["00081197"]["Value"][0] for item in failed} == {0x0110}
+    assert central.stored_sop_instance_uids() == set()
+    # QIDO-RS on the same path is untouched; the pinned study itself is stored.
+    assert client.get(f"{central.dicomweb_url}/studies", headers=central.auth_headers()).status_code == 200
+    central.refuse_stow_except_study(ct.StudyInstanceUID)
+    response = stow(client, central, encode(ct), encode(mr))
+    assert response.status_code == 409 and referenced_uids(response.json()) == [ct.SOPInstanceUID]
+    central.refuse_stow_except_study(None)
+    assert stow(client, central, encode(mr)).status_code == 200
+    assert central.stored_sop_instance_uids() == {ct.SOPInstanceUID, mr.SOPInstanceUID}
+
+
 def test_stop_refuses_connections_and_start_brings_it_back_with_the_data(
     central: Platform, client: httpx.Client
 ) -> None:
