@@ -39,12 +39,18 @@ def is_candidate(name: str) -> bool:
 
 
 class _Wake(FileSystemEventHandler):
-    def __init__(self, wake: Callable[[], None]) -> None:
+    """Calls `wake` on each change; notes when the watched folder itself is deleted (its watch ends)."""
+
+    def __init__(self, wake: Callable[[], None], folder: str) -> None:
         self.wake = wake
+        self.folder = folder
+        self.lost = False
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in _QUIET_EVENTS:
             return
+        if event.event_type == "deleted" and event.is_directory and event.src_path == self.folder:
+            self.lost = True
         try:
             self.wake()
         except Exception as exc:  # a notification: the observer thread must survive its handler
@@ -59,6 +65,7 @@ class DropFolder:
         self.stable_s = stable_s
         self._seen: dict[str, tuple[int, int, float]] = {}  # name -> size, mtime_ns, unchanged since
         self._observer: BaseObserver | None = None
+        self._handler: _Wake | None = None
         self._wake: Callable[[], None] | None = None
         self._watched: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder being watched
         self._lock = threading.Lock()
@@ -77,8 +84,8 @@ class DropFolder:
         """
         now = time.monotonic() if now is None else now
         folder = self._ensure()
-        if self._wake is not None and folder != self._watched:
-            self._rewatch()  # the folder was removed and made again: the old watch sees nothing
+        if self._wake is not None and (folder != self._watched or (self._handler is not None and self._handler.lost)):
+            self._rewatch()  # the folder was removed (and made again): the old watch has ended
         with os.scandir(self.path) as entries:
             files = {entry.name: entry for entry in entries if entry.is_file(follow_symlinks=False)}
         complete: list[tuple[int, str]] = []
@@ -132,12 +139,13 @@ class DropFolder:
             self._watched = self._ensure()
             observer = Observer()
             observer.daemon = True
-            observer.schedule(_Wake(self._wake), str(self.path), recursive=False)
+            self._handler = _Wake(self._wake, str(self.path))
+            observer.schedule(self._handler, str(self.path), recursive=False)
             observer.start()
             self._observer = observer
 
     def _stop(self) -> None:
-        observer, self._observer = self._observer, None
+        observer, self._observer, self._handler = self._observer, None, None
         if observer is not None:
             observer.stop()
             observer.join(timeout=5)
