@@ -149,8 +149,9 @@ def make_csr(
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name(names))
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=key_type != "ec-p256",
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                     key_encipherment=key_type != "ec-p256", data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=False, crl_sign=False,
                                      encipher_only=False, decipher_only=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(key, hashes.SHA256())

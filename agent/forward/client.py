@@ -100,10 +100,10 @@ def ssl_context(config: PlatformConfig, source: Path) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_verify_locations(cafile=str(config.ca_bundle))
+    except ssl.SSLError:  # before OSError, of which it is a subclass
+        raise ConfigError(f"{source}: platform.ca_bundle: {config.ca_bundle}: no PEM CA certificate in it") from None
     except OSError as exc:
         raise ConfigError(f"{source}: platform.ca_bundle: {config.ca_bundle}: cannot read ({exc.strerror})") from None
-    except ssl.SSLError:
-        raise ConfigError(f"{source}: platform.ca_bundle: {config.ca_bundle}: no PEM CA certificate in it") from None
     if config.client_certificate is not None and config.client_key is not None:
         check_private(source, "client_key", config.client_key)
         try:
