@@ -10,6 +10,7 @@ rule of agent.keys.load_key_file); a problem is a ConfigError naming the config 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -188,7 +189,8 @@ class OAuth2ClientCredentials:
     """
 
     def __init__(self, http: httpx.Client, source: Path, config: PlatformConfig,
-                 errors: Callable[[BaseException], DeliveryError], clock: Callable[[], float] = time.monotonic) -> None:
+                 errors: Callable[[BaseException, str], DeliveryError],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         assert config.oauth2_client_secret_file is not None
         secret = read_secret(source, "oauth2_client_secret_file", config.oauth2_client_secret_file)
         pair = f"{urllib.parse.quote(config.oauth2_client_id, safe='')}:{urllib.parse.quote(secret, safe='')}"
@@ -217,7 +219,7 @@ class OAuth2ClientCredentials:
             response = self._http.post(self._url, data={"grant_type": "client_credentials"},
                                        headers={"Authorization": self._basic, "Accept": "application/json"})
         except httpx.TransportError as exc:
-            raise self._errors(exc) from exc
+            raise self._errors(exc, self._url) from exc
         status = response.status_code
         document = _json_object(response)
         if status in (400, 401, 403):
@@ -315,10 +317,11 @@ class PlatformClient:
             return StowOutcome(200)
         started = time.monotonic()
         body = MultipartBody(batch)
-        response = self._send("POST", self._stow_url, body, body.content_type, "dicomweb_url", accept=DICOM_JSON)
-        status = response.status_code
-        if not (200 <= status < 300 or status in STOW_REFUSED) or _client_certificate_refused(response):
-            raise self._status_error(response, "STOW-RS", "dicomweb_url")
+        with self._reported():
+            response = self._send("POST", self._stow_url, body, body.content_type, "dicomweb_url", accept=DICOM_JSON)
+            status = response.status_code
+            if not (200 <= status < 300 or status in STOW_REFUSED) or _client_certificate_refused(response):
+                raise self._status_error(response, "STOW-RS", "dicomweb_url")
         answer = parse_stow_response(response.headers.get("Content-Type", ""), response.content)
         outcome = classify(batch, status, answer, refused=status in STOW_REFUSED,
                            retry_after_s=parse_retry_after(response.headers.get("Retry-After")))
@@ -330,13 +333,14 @@ class PlatformClient:
 
     def put(self, url: str, body: bytes, content_type: str) -> None:
         """PUT `body` at `url`, under platform.manifest_url or clinical_url; 200, 201, 204 are success."""
-        key = next((k for k in ("manifest_url", "clinical_url", "dicomweb_url")
+        key = next((k for k in ("manifest_url", "clinical_url")
                     if getattr(self.config, k) and url.startswith(getattr(self.config, k) + "/")), None)
         if key is None:  # the credentials go to the configured platform only
             raise ValueError("put: the URL is not under platform.manifest_url or platform.clinical_url")
-        response = self._send("PUT", url, body, content_type, key)
-        if response.status_code not in PUT_DONE or _client_certificate_refused(response):
-            raise self._status_error(response, "PUT", key)
+        with self._reported():
+            response = self._send("PUT", url, body, content_type, key)
+            if response.status_code not in PUT_DONE or _client_certificate_refused(response):
+                raise self._status_error(response, "PUT", key)
 
     def put_manifest(self, study_instance_uid: str, manifest: bytes) -> None:
         """PUT a study manifest at {manifest_url}/{pseudonymous study UID}.json."""
@@ -368,7 +372,7 @@ class PlatformClient:
             try:
                 response = self._http.request(method, url, content=self._content(body), headers=headers)
             except httpx.TransportError as exc:
-                raise self._transport_error(exc) from exc
+                raise self._transport_error(exc, url) from exc
             if response.status_code in (401, 403) and attempt == 0 and self._credentials.refresh(auth):
                 continue
             return response
@@ -379,23 +383,34 @@ class PlatformClient:
             return body.stream(self._limiter)
         return body if self._limiter is None else self._limiter.paced(body)
 
-    def _loud(self, error: DeliveryError) -> DeliveryError:
-        if error.loud:
-            _log.error(f"platform_{error.kind}_failed", kind=error.kind, detail=str(error))
-        return error
+    @contextlib.contextmanager
+    def _reported(self) -> Iterator[None]:
+        """Log a loud DeliveryError (authentication, TLS, a wrong URL) at error level, once, as it leaves."""
+        try:
+            yield
+        except DeliveryError as exc:
+            if exc.loud:
+                _log.error(f"platform_{exc.kind}_failed", kind=exc.kind, http_status=exc.status_code, detail=str(exc))
+            raise
 
-    def _transport_error(self, exc: BaseException) -> DeliveryError:
+    def _transport_error(self, exc: BaseException, url: str) -> DeliveryError:
         """Translate an httpx transport error, once, into the kind `status` shows."""
-        host = httpx.URL(self.config.dicomweb_url).host
+        host = httpx.URL(url).host
         cause = _ssl_cause(exc)
         if isinstance(cause, ssl.SSLCertVerificationError):
-            return self._loud(TlsFailed(
+            return TlsFailed(
                 f"{host}: the platform's certificate fails verification ({cause.verify_message}); "
-                f"check platform.ca_bundle ({self.config.ca_bundle}) and the name in the URL"))
+                f"check platform.ca_bundle ({self.config.ca_bundle}) and the name in the URL")
         if cause is not None and "ALERT" in (cause.reason or ""):
-            return self._loud(TlsFailed(
+            return TlsFailed(
                 f"{host}: the platform ended the TLS handshake ({cause.reason}); check "
-                "platform.client_certificate and platform.client_key"))
+                "platform.client_certificate and platform.client_key")
+        # Any other TLS error while connecting is a handshake that failed (e.g. WRONG_VERSION_NUMBER:
+        # the port speaks plain HTTP). An EOF or reset is a connection that went away: unreachable.
+        if isinstance(exc, httpx.ConnectError) and cause is not None and not isinstance(
+                cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)):
+            return TlsFailed(f"{host}: the TLS handshake failed ({cause.reason or type(cause).__name__}); "
+                                        "check that the URL's port speaks HTTPS")
         if isinstance(exc, httpx.TimeoutException):
             return PlatformUnreachable(f"{host}: no answer within {self.config.timeout_s:g} s ({type(exc).__name__})")
         return PlatformUnreachable(f"{host}: {type(exc).__name__}: {str(exc)[:160] or 'no detail'}")
@@ -406,16 +421,16 @@ class PlatformClient:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if status in (401, 403) or _client_certificate_refused(response):
             refused = "the client certificate" if _client_certificate_refused(response) else "our credentials"
-            return self._loud(AuthenticationFailed(
+            return AuthenticationFailed(
                 f"{host}: HTTP {status} to {what}: the platform refuses {refused}; check platform."
                 + ("client_certificate" if refused != "our credentials" else self._credential_keys()),
-                status_code=status, retry_after_s=retry_after))
+                status_code=status, retry_after_s=retry_after)
         if status in (408, 429) or status >= 500:
             return PlatformError(f"{host}: HTTP {status} to {what}", status_code=status, retry_after_s=retry_after)
         if status in STOW_REFUSED or status == 410:
             return Rejected(f"{host}: HTTP {status} {response.reason_phrase} to {what}", status_code=status)
-        return self._loud(PlatformError(f"{host}: unexpected HTTP {status} to {what}; check platform.{key}",
-                                        status_code=status, retry_after_s=retry_after, loud=True))
+        return PlatformError(f"{host}: unexpected HTTP {status} to {what}; check platform.{key}",
+                                        status_code=status, retry_after_s=retry_after, loud=True)
 
     def _credential_keys(self) -> str:
         if self.config.token_file is not None:

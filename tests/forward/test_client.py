@@ -237,13 +237,15 @@ def test_oauth2_token_is_obtained_and_renewed_after_a_401(central: Platform, stu
 
 def test_a_wrong_oauth2_secret_is_an_authentication_failure(central: Platform, study: list[Dataset],
                                                             tmp_path: Path) -> None:
-    """The token endpoint refusing the client secret is AuthenticationFailed naming the config keys."""
+    """The token endpoint refusing the client secret is AuthenticationFailed naming the config keys,
+    logged once at error level."""
     secret = private_file(tmp_path / "secret", "not-the-secret")
     with PlatformClient(oauth2_settings(central, oauth2_client_secret_file=secret), SOURCE) as client:
-        with pytest.raises(AuthenticationFailed) as raised:
+        with capture_logs() as events, pytest.raises(AuthenticationFailed) as raised:
             client.store_instances(outgoing(study[:1]))
     assert "oauth2_client_secret_file" in str(raised.value) and "invalid_client" in str(raised.value)
     assert "not-the-secret" not in str(raised.value)
+    assert [(e["event"], e["log_level"]) for e in events] == [("platform_authentication_failed", "error")]
 
 
 def test_without_client_certificate_it_is_authentication_not_a_rejection(central: Platform,
@@ -267,6 +269,16 @@ def test_a_platform_certificate_from_another_ca_is_a_tls_failure(central: Platfo
             client.store_instances(outgoing(study[:1]))
     assert (raised.value.kind, raised.value.transient, raised.value.loud) == ("tls", True, True)
     assert "platform.ca_bundle" in str(raised.value) and str(central.other_ca_bundle) in str(raised.value)
+
+
+def test_a_port_that_speaks_plain_http_is_a_tls_failure(central: Platform, study: list[Dataset]) -> None:
+    """An https URL pointing at a plain-HTTP port (Orthanc's own) fails the handshake: TlsFailed, loud."""
+    plain = settings(central, dicomweb_url=f"https://127.0.0.1:{central.orthanc.http_port}/dicom-web")
+    with PlatformClient(plain, SOURCE) as client:
+        with pytest.raises(TlsFailed) as raised:
+            client.store_instances(outgoing(study[:1]))
+    assert raised.value.loud and "HTTPS" in str(raised.value)
+    assert central.stored_sop_instance_uids() == set()
 
 
 def test_a_platform_presenting_a_foreign_certificate_is_refused(central: Platform, client: PlatformClient,
