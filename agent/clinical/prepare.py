@@ -74,7 +74,11 @@ def _cell(text: str) -> str:
 
 
 def prepare_file(path: Path, schema: ClinicalSchema, pseudonyms: Pseudonymiser, rejects: Path) -> PreparedFile:
-    """Read a complete dropped file, pseudonymise it, write its rejects report, log one line."""
+    """Read a complete dropped file, pseudonymise it, write its rejects report, log one line.
+
+    Raises OSError when the file cannot be read (gone, or permissions): the caller tries again at
+    its next look. The message of an OSError names the path, so it must not be logged as it is.
+    """
     data = path.read_bytes()
     batch = batch_id(data, pseudonyms)
     result = pseudonymise_table(data, schema, pseudonyms)

@@ -20,7 +20,7 @@ import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from agent.clinical import values
 from agent.clinical.schema import ClinicalSchema, ColumnType, KeptColumn, normalise_code, normalise_header
@@ -31,6 +31,7 @@ _DECODINGS = {"auto": ("utf-8", "cp1252"), "utf-8": ("utf-8",), "windows-1252": 
 # Identifiers of rows left out, and values of identifying columns, are searched in the output
 # from this length: shorter ones (initials, "M") occur in any output by chance.
 _MIN_SEARCHED = 4
+_SPANNING = re.compile(r'[,"\r\n]')  # characters that let a value span two cells of the output
 
 
 class RefusedReason(str, enum.Enum):
@@ -238,14 +239,15 @@ class _Table:
         self.out = io.StringIO()
         self.writer = csv.writer(self.out, lineterminator="\r\n")
         self.writer.writerow(schema.output_header)
-        self.result_ = TableResult()
+        self.partial = TableResult()
         self.searched: dict[str, int] = {}  # casefolded source value -> first row holding it
         self.offsets: dict[str, timedelta] = {}
+        self.moments: dict[tuple[str, str], datetime | str] = {}  # a str is the problem
 
     def add(self, row: int, record: list[str]) -> None:
         if _blank(record):  # blank lines, and Excel's rows of empty cells, are not rows
             return
-        result = self.result_
+        result = self.partial
         result.rows_in += 1
         # Strict, even when the extra cells are empty: an unquoted delimiter in a value shifts every
         # later cell one column right, and a shifted row can pass validation with wrong values.
@@ -301,15 +303,30 @@ class _Table:
             return ""
         try:
             if column.type in (ColumnType.DATE, ColumnType.DATETIME):
-                if source_patient_id is None:
-                    return ""  # the row is rejected already; without a patient there is no offset
-                return values.dated(column, text, self._offset(source_patient_id))
+                moment = self._moment(column, text)
+                # Without a patient there is no offset: the date is only checked, for the report.
+                return "" if source_patient_id is None else values.shifted(
+                    column, moment, self._offset(source_patient_id))
             if column.type == ColumnType.CODE:
                 return values.code(column, text)
             return values.number(column, text, decimal_comma=self.decimal_comma)
         except values.Invalid as invalid:
             problems.append(RowProblem(row, column.header, str(invalid)))
             return ""
+
+    def _moment(self, column: KeptColumn, text: str) -> datetime:
+        """Dates repeat down a column: each distinct text is parsed once (strptime is slow)."""
+        key = (column.name, text)
+        moment = self.moments.get(key)
+        if moment is None:
+            try:
+                moment = values.read_moment(column, text)
+            except values.Invalid as invalid:
+                moment = str(invalid)
+            self.moments[key] = moment
+        if isinstance(moment, str):
+            raise values.Invalid(moment)
+        return moment
 
     def _offset(self, source_patient_id: str) -> timedelta:
         offset = self.offsets.get(source_patient_id)
@@ -318,13 +335,13 @@ class _Table:
         return offset
 
     def result(self) -> TableResult:
-        result = self.result_
+        result = self.partial
         output = self.out.getvalue()
         leak = _first_leak(output, self.searched)
         if leak is not None:
             return _refused(RefusedReason.IDENTIFIER_IN_OUTPUT,
-                            f"the source identifier of row {leak} appears in the output; nothing of the file"
-                            " is uploaded (is an identifier also declared as a kept column?)",
+                            f"an identifying value of row {leak} (its patient identifier, or a column declared"
+                            " identifying) appears in the output; nothing of the file is uploaded",
                             rows_in=result.rows_in)
         result.csv = output.encode("utf-8")
         return result
@@ -333,21 +350,20 @@ class _Table:
 def _first_leak(output: str, searched: dict[str, int]) -> int | None:
     """The row of the first searched value found anywhere in the output text, or None.
 
-    Slides a window of each searched length over each line once, so the cost grows with the
-    output's size times the number of distinct lengths, not with rows times output size.
+    A value without a delimiter, quote or line break can only lie inside one cell as written, so
+    those are looked up among the windows of the distinct cells (pseudonyms, dates and codes
+    repeat, and a cell shorter than a value cannot hold it); any other value is searched in the
+    whole text. Rows times output size would take minutes on a large export; this takes a second.
     """
     if not searched:
         return None
     text = output.casefold()
-    hits: list[int] = []
-    lengths = sorted({len(value) for value in searched})
-    for value, row in searched.items():  # a value spanning lines cannot be found line by line
-        if ("\n" in value or "\r" in value) and value in text:
-            hits.append(row)
-    for line in set(text.splitlines()):
-        for length in lengths:
-            for start in range(len(line) - length + 1):
-                found = searched.get(line[start:start + length])
+    hits = [row for value, row in searched.items() if _SPANNING.search(value) and value in text]
+    cells = {cell for record in _records(text, ",") for cell in record}
+    for length in sorted({len(value) for value in searched}):
+        for cell in cells:
+            for start in range(len(cell) - length + 1):
+                found = searched.get(cell[start:start + length])
                 if found is not None:
                     hits.append(found)
     return min(hits) if hits else None

@@ -22,8 +22,8 @@ class Invalid(Exception):
     """A value that fails its column's check; the message never holds the value."""
 
 
-def dated(column: KeptColumn, text: str, offset: timedelta) -> str:
-    """The date (or date and time) shifted, in ISO 8601.
+def read_moment(column: KeptColumn, text: str) -> datetime:
+    """The date (or date and time) a cell holds, in range.
 
     Every declared format is tried: a value that two formats read as different dates (03/04/2020
     under both %d/%m/%Y and %m/%d/%Y) is ambiguous and refused rather than guessed.
@@ -42,6 +42,11 @@ def dated(column: KeptColumn, text: str, offset: timedelta) -> str:
     if column.date_range is not None and not column.date_range[0] <= moment.date() <= column.date_range[1]:
         low, high = column.date_range
         raise Invalid(f"outside the range [{low.isoformat()}, {high.isoformat()}]")
+    return moment
+
+
+def shifted(column: KeptColumn, moment: datetime, offset: timedelta) -> str:
+    """The moment moved by the patient's offset, in ISO 8601: `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SS`."""
     if column.type == ColumnType.DATE:
         return shift_date(moment.date(), offset).isoformat()
     return shift_datetime(moment, offset).isoformat(timespec="seconds")

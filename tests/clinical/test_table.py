@@ -125,6 +125,12 @@ def test_bad_rows_are_listed_by_row_and_column(schema: ClinicalSchema, pseudonym
     assert [row["patient_pseudonym"] for row in rows(result)] == [pseudonyms.patient_pseudonym("HOSP000001")]
 
 
+def test_row_without_identifier_still_has_its_dates_checked(schema: ClinicalSchema, pseudonyms: Pseudonymiser) -> None:
+    """Every problem of a row is listed at once, the date's too when the identifier is missing."""
+    result = table(f"{HEADER}\n,32/13/2020,47,M,1,died,,\n", schema, pseudonyms)
+    assert [(p.row, p.column) for p in result.rejects] == [(2, "hospital_number"), (2, "admission_date")]
+
+
 def test_problems_never_hold_the_value(schema: ClinicalSchema, pseudonyms: Pseudonymiser) -> None:
     """No problem text quotes what the cell held, and no rejected row reaches the output."""
     result = table(BAD_ROWS, schema, pseudonyms)
@@ -199,7 +205,7 @@ columns:
 """)
     result = table("mrn,weight_g\n3456789,3400\n1234567,3456789\n", schema, pseudonyms)
     assert result.refused_reason == RefusedReason.IDENTIFIER_IN_OUTPUT
-    assert result.refused is not None and result.refused.startswith("the source identifier of row 2 appears")
+    assert result.refused is not None and result.refused.startswith("an identifying value of row 2 (its patient")
     assert "3456789" not in result.refused
     assert (result.csv, result.rows_out, result.pseudonyms) == (b"", 0, set())
 
