@@ -51,13 +51,15 @@ def test_files_dropped_while_down_are_swept_at_start(tmp_path: Path) -> None:
 
 def test_partial_hidden_temporary_and_marker_files_are_ignored(tmp_path: Path) -> None:
     """Only NAME.csv qualifies: .part, .tmp, ~, hidden, Office lock files, markers, folders, links never."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
     for name in ("a.csv.part", "b.tmp", "c.csv.tmp", "d.csv~", ".e.csv", "~$f.csv", "g.csv.done", "h.txt"):
-        write(tmp_path / name)
-    (tmp_path / "folder.csv").mkdir()
-    (tmp_path / "link.csv").symlink_to(write(tmp_path.parent / "elsewhere.csv"))
-    drop = DropFolder(tmp_path, stable_s=0)
+        write(folder / name)
+    (folder / "folder.csv").mkdir()
+    (folder / "link.csv").symlink_to(write(tmp_path / "elsewhere.csv"))
+    drop = DropFolder(folder, stable_s=0)
     assert drop.ready(now=0) == []
-    export = write(tmp_path / "i.csv")
+    export = write(folder / "i.csv")
     assert drop.ready(now=0) == [export]
 
 
