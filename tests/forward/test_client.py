@@ -20,11 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydicom.dataset import Dataset
 from structlog.testing import capture_logs
 
 from agent.config import PlatformConfig
+from agent.forward.client import OAuth2ClientCredentials
 from agent.forward import (
     AuthenticationFailed,
     OutgoingInstance,
@@ -35,6 +37,7 @@ from agent.forward import (
     deliver_study,
 )
 from tests.peers.platform import (
+    OAUTH2_EXPIRES_IN_S,
     Platform,
     central_platform,  # noqa: F401 - fixture used through clean_platform
     clean_platform,  # noqa: F401 - fixture
@@ -233,6 +236,21 @@ def test_oauth2_token_is_obtained_and_renewed_after_a_401(central: Platform, stu
         assert client.store_instances(outgoing(study[1:2])).all_stored
     token_requests = [line for line in central.access_log.read_text().splitlines() if "/oauth2/token" in line]
     assert len(token_requests) == 2
+
+
+def test_oauth2_token_is_renewed_before_it_expires(central: Platform) -> None:
+    """A token is reused while valid and fetched anew a minute before expires_in runs out (the
+    clock is the test's; the token endpoint is the platform's)."""
+    now = [0.0]
+    with httpx.Client(verify=central.ssl_context(), trust_env=False) as http:
+        credentials = OAuth2ClientCredentials(http, SOURCE, oauth2_settings(central),
+                                              lambda exc, url: PlatformUnreachable(url), clock=lambda: now[0])
+        first = credentials.header()
+        now[0] = OAUTH2_EXPIRES_IN_S - 61
+        assert credentials.header() is first
+        central.set_token("later-" + "w" * 30)
+        now[0] = OAUTH2_EXPIRES_IN_S - 59
+        assert credentials.header() == {"Authorization": f"Bearer {central.token}"}
 
 
 def test_a_wrong_oauth2_secret_is_an_authentication_failure(central: Platform, study: list[Dataset],
