@@ -28,6 +28,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from agent import log
 from agent.config import Config, ReceiveConfig
+from agent.errors import AgentError
 from agent.deidentify.pseudonym import Pseudonymiser, PseudonymSettings
 from agent.keys import load_key_file
 from agent.processes import die_with, name_process
@@ -68,9 +69,49 @@ def open_listener(config: ReceiveConfig) -> socket.socket:
     return listener
 
 
-def _server_class(listener: socket.socket) -> type[ThreadedAssociationServer]:
+class ReceiverShared:
+    """What the receiver processes share, in shared memory: per process, its open associations
+    (summed against max_associations), its open connections (to spread new ones) and whether it
+    is ready. A dead process's counts are reset with it."""
+
+    def __init__(self, context: Any, processes: int) -> None:
+        self.associations: SynchronizedArray[int] = context.Array("i", processes)
+        self.connections: SynchronizedArray[int] = context.Array("i", processes)
+        self.ready: SynchronizedArray[int] = context.Array("i", processes)
+
+    def reset(self, index: int) -> None:
+        for counts in (self.associations, self.connections, self.ready):
+            with counts.get_lock():
+                counts[index] = 0
+
+    def busier_than_another(self, index: int) -> bool:
+        counts = self.connections[:]
+        return len(counts) > 1 and counts[index] > min(counts)
+
+    def add_connection(self, index: int, delta: int) -> None:
+        with self.connections.get_lock():
+            self.connections[index] += delta
+
+
+_YIELD_S = 0.003
+
+
+def _server_class(listener: socket.socket, shared: ReceiverShared | None, index: int) -> type[ThreadedAssociationServer]:
     class SharedListenerServer(ThreadedAssociationServer):
-        """pynetdicom's server, accepting on a socket bound by the daemon instead of its own."""
+        """pynetdicom's server, accepting on a socket bound by the daemon instead of its own.
+
+        Every process wakes for a new connection; one with more open connections than another
+        waits a moment first, so that four associations arriving together land two and two
+        instead of all on whichever process was quickest.
+        """
+
+        def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+            if shared is not None and shared.busier_than_another(index):
+                time.sleep(_YIELD_S)
+            request = super().get_request()  # BlockingIOError (an OSError) if another took it
+            if shared is not None:
+                shared.add_connection(index, +1)
+            return request
 
         def server_bind(self) -> None:
             if self.socket is not None:
@@ -92,12 +133,12 @@ class Receiver:
     """
 
     def __init__(self, config: ReceiveConfig, spool: Spool, state: State, names: Pseudonymiser, *,
-                 listener: socket.socket | None = None, slots: SynchronizedArray[int] | None = None,
-                 slot_index: int = 0) -> None:
+                 listener: socket.socket | None = None, shared: ReceiverShared | None = None,
+                 index: int = 0) -> None:
         self.config = config
         self.listener = listener
-        self.slots = slots
-        self.slot_index = slot_index
+        self.shared = shared
+        self.index = index
         self._counted: set[int] = set()
         self.spool = spool
         self.state = state
@@ -141,7 +182,8 @@ class Receiver:
             _log.info("receiver_listening", ae_title=self.config.ae_title, address=self.config.bind_address,
                       port=self.port)
             return
-        self._server = self.ae.make_server(address, evt_handlers=handlers, server_class=_server_class(self.listener))
+        server_class = _server_class(self.listener, self.shared, self.index)
+        self._server = self.ae.make_server(address, evt_handlers=handlers, server_class=server_class)
         threading.Thread(target=self._server.serve_forever, name="acceptor", daemon=True).start()
         self.ae._servers.append(self._server)
 
@@ -180,30 +222,34 @@ class Receiver:
             event.assoc.kill()
 
     def _take_slot(self, assoc_id: int) -> bool:
-        if self.slots is None:
+        if self.shared is None:
             return True  # one process: pynetdicom's own maximum_associations applies
-        with self.slots.get_lock():
-            if sum(self.slots[:]) >= self.config.max_associations:
+        slots = self.shared.associations
+        with slots.get_lock():
+            if sum(slots[:]) >= self.config.max_associations:
                 return False
-            self.slots[self.slot_index] += 1
+            slots[self.index] += 1
         with self._lock:
             self._counted.add(assoc_id)
         return True
 
     def _on_connection_closed(self, event: Any) -> None:
+        if self.shared is None:
+            return
+        self.shared.add_connection(self.index, -1)
         with self._lock:
             counted = id(event.assoc) in self._counted
             self._counted.discard(id(event.assoc))
-        if counted and self.slots is not None:
-            with self.slots.get_lock():
-                self.slots[self.slot_index] -= 1
+        if counted:
+            with self.shared.associations.get_lock():
+                self.shared.associations[self.index] -= 1
 
     def _on_established(self, event: Any) -> None:
         with self._lock:
             self._counts[id(event.assoc)] = 0
             active = len(self._counts)
         _log.info("association_opened", calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
-                  address=str(event.assoc.requestor.address), active=active)
+                  address=str(event.assoc.requestor.address), active=active, receiver=self.index)
 
     def _on_closed(self, event: Any) -> None:
         with self._lock:
@@ -254,7 +300,7 @@ class Receiver:
 
 # -- receiver processes --------------------------------------------------------------------------
 
-def _receiver_main(config: Config, listener: socket.socket, parent_pid: int, slots: SynchronizedArray[int],
+def _receiver_main(config: Config, listener: socket.socket, parent_pid: int, shared: ReceiverShared,
                    index: int) -> None:
     """One receiver process: its own interpreter (and GIL), spool writer and database connection."""
     die_with(parent_pid)
@@ -266,12 +312,17 @@ def _receiver_main(config: Config, listener: socket.socket, parent_pid: int, slo
     state = State(config.pipeline.database)
     names = Pseudonymiser(load_key_file(config.pipeline.key_file), PseudonymSettings())
     receiver = Receiver(config.receive, Spool.from_config(config.spool), state, names, listener=listener,
-                        slots=slots, slot_index=index)
+                        shared=shared, index=index)
     receiver.start()
+    shared.ready[index] = 1
     while not stopping.wait(0.5) and os.getppid() == parent_pid:
         pass
     receiver.stop()
     state.close()
+
+
+class ReceiverFailed(AgentError):
+    """A receiver process could not start (the key, the database or the spool is unusable)."""
 
 
 class ReceiverProcesses:
@@ -285,9 +336,7 @@ class ReceiverProcesses:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._context = multiprocessing.get_context("spawn")
-        # Open associations per process, summed against max_associations; a dead process's count
-        # is reset with it.
-        self._slots: SynchronizedArray[int] = self._context.Array("i", config.receive.processes)
+        self._shared = ReceiverShared(self._context, config.receive.processes)
         self._listener: socket.socket | None = None
         self._processes: list[multiprocessing.process.BaseProcess] = []
 
@@ -295,16 +344,25 @@ class ReceiverProcesses:
     def port(self) -> int:
         return int(self._listener.getsockname()[1]) if self._listener is not None else self.config.receive.port
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Returns once every receiver process accepts on the port."""
         self._listener = open_listener(self.config.receive)
         self._processes = [self._spawn(index) for index in range(self.config.receive.processes)]
+        deadline = time.monotonic() + timeout_s
+        while not all(self._shared.ready[:]):
+            dead = [p for p in self._processes if not p.is_alive()]
+            if dead or time.monotonic() > deadline:
+                self.stop()
+                raise ReceiverFailed(f"a receiver process did not start (exit code {dead[0].exitcode if dead else None});"
+                                     " its error is in the log above")
+            time.sleep(0.02)
         receive = self.config.receive
         _log.info("receiver_listening", ae_title=receive.ae_title, address=receive.bind_address, port=self.port,
                   processes=len(self._processes))
 
     def _spawn(self, index: int) -> multiprocessing.process.BaseProcess:
         process = self._context.Process(target=_receiver_main, name=f"nmip-agent-receive-{index}", daemon=True,
-                                        args=(self.config, self._listener, os.getpid(), self._slots, index))
+                                        args=(self.config, self._listener, os.getpid(), self._shared, index))
         process.start()
         return process
 
@@ -313,8 +371,7 @@ class ReceiverProcesses:
         for index, process in enumerate(self._processes):
             if not process.is_alive():
                 _log.error("receiver_process_died", exit_code=process.exitcode, action="restarted")
-                with self._slots.get_lock():
-                    self._slots[index] = 0
+                self._shared.reset(index)
                 self._processes[index] = self._spawn(index)
 
     def stop(self, timeout_s: float = 10.0) -> None:

@@ -306,9 +306,10 @@ def run_agent(files: list[Path], root: Path, associations: int) -> dict[str, flo
         assert daemon.process is not None
         pid = daemon.process.pid
         flush()
-        cpu_before = cpu_seconds(pid)
+        # The daemon and its receiver processes (de-identification workers are idle here).
+        cpu_before = sum(cpu_seconds(p) for p in [pid, *descendants(pid)])
         seconds = send(daemon.port, "NMIP_AGENT", files, associations)
-        cpu = cpu_seconds(pid) - cpu_before
+        cpu = sum(cpu_seconds(p) for p in [pid, *descendants(pid)]) - cpu_before
         with agent_db(daemon) as db:
             received = db.execute("SELECT COUNT(*) FROM instances WHERE state = 'received'").fetchone()[0]
         if received != len(files):

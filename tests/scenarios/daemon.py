@@ -63,14 +63,21 @@ class Daemon:
         self.log_path = root / "agent.log"
         self.process: subprocess.Popen[bytes] | None = None
 
+    def _started(self, offset: int) -> bool:
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            return b'"agent_started"' in log.read()
+
     def start(self) -> "Daemon":
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "serve", "--config", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
         )
         log.close()
-        wait_for(lambda: port_open(self.port) or self.process.poll() is not None, what="the agent's port")
+        # agent_started is logged once every receiver process accepts on the port.
+        wait_for(lambda: self._started(log_offset) or self.process.poll() is not None, what="the agent to start")
         assert self.process.poll() is None, self.log_path.read_text()
         return self
 
