@@ -241,6 +241,24 @@ def status(config: ConfigFile, as_json: Annotated[bool, typer.Option("--json")] 
     out.print(f"quarantine: {len(report['quarantine'])} stud(ies)")
     for entry in report["quarantine"]:
         out.print(f"  {entry['study_key']}  {entry['reason']}  {entry['instances']} instance(s)")
+    _print_delivery(report["delivery"], report["clinical_batches"])
+
+
+def _print_delivery(delivery: dict[str, Any], clinical: dict[str, int]) -> None:
+    if not delivery["enabled"]:
+        out.print(f"delivery: off ({delivery['note']})")
+        return
+    problem = delivery["problem"]
+    if problem is None:
+        out.print(f"delivery: to {delivery['platform']}: OK")
+    else:
+        out.print(f"delivery: to {delivery['platform']}: [bold red]FAILING[/] ({problem['kind']}) for"
+                  f" {problem['since_s']:.0f} s, {problem['attempts']} attempt(s), next in {problem['next_attempt_in_s']:.0f} s:"
+                  f" {problem['detail']}")
+    if delivery["instances_refused_by_platform"]:
+        out.print(f"  {delivery['instances_refused_by_platform']} instance(s) refused by the platform, in quarantine")
+    if clinical:
+        out.print("clinical batches: " + ", ".join(f"{k} {v}" for k, v in sorted(clinical.items())))
 
 
 @quarantine_app.command("list")

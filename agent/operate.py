@@ -35,6 +35,9 @@ def status(config: Config) -> dict[str, Any]:
             for s in state.studies("quarantined")
         ]
         spool_used = state.spool_bytes()
+        problem = state.platform_problem()
+        clinical = state.clinical_counts()
+        refused_by_platform = state.instances_refused_by_platform()
     finally:
         state.close()
     return {
@@ -48,7 +51,21 @@ def status(config: Config) -> dict[str, Any]:
         "disk_free_mb": round(shutil.disk_usage(config.spool.directory).free / _MB)
         if config.spool.directory.exists() else None,
         "quarantine": quarantined,
+        "delivery": _delivery(config, problem, refused_by_platform),
+        "clinical_batches": clinical,
     }
+
+
+def _delivery(config: Config, problem: dict[str, Any] | None, refused: int) -> dict[str, Any]:
+    """Whether the platform is taking uploads; a problem says what kind, since when, and when next."""
+    if not config.platform.enabled:
+        return {"enabled": False, "note": "platform.dicomweb_url is not set: studies wait in the outbox"}
+    report: dict[str, Any] = {"enabled": True, "platform": config.platform.dicomweb_url,
+                              "instances_refused_by_platform": refused, "problem": None}
+    if problem is not None:
+        report["problem"] = {**problem, "since_s": round(time.time() - float(problem["since"]), 1),
+                             "next_attempt_in_s": max(0.0, round(float(problem["next_attempt_at"]) - time.time(), 1))}
+    return report
 
 
 def show(config: Config, study_key: str) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ class Reason(str, enum.Enum):
     DEIDENTIFICATION_FAILED = "deidentification_failed"
     STUDY_QUARANTINED = "study_quarantined"  # another instance of the study was refused
     UNREADABLE = "unreadable"  # the spooled file cannot be parsed any more
+    PLATFORM_REJECTED = "platform_rejected"  # the central platform refused it; detail: its reason
 
 
 @dataclass(frozen=True)

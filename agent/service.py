@@ -13,7 +13,12 @@ from types import FrameType
 
 from agent import log
 from agent.config import Config
+from agent.clinical import parse_schema
+from agent.clinical.intake import ClinicalIntake
 from agent.deidentify import load_profile
+from agent.deidentify.pseudonym import Pseudonymiser
+from agent.forward import PlatformClient
+from agent.forward.outbound import Forwarder, Provenance
 from agent.keys import load_key_file
 from agent.pipeline import Pipeline
 from agent.receive import ReceiverProcesses
@@ -40,15 +45,31 @@ class Service:
         self.receiver = ReceiverProcesses(config)
         self.key_id = key.key_id
         self.profile = profile
+        # Built here, so a wrong secret file, CA bundle or schema stops start-up with its key.
+        self.client = PlatformClient(config.platform, config.source) if config.platform.enabled else None
+        self.forwarder = None if self.client is None else Forwarder(
+            self.state, self.spool, self.client, outbox=config.pipeline.outbox,
+            quarantine_dir=config.pipeline.quarantine, clinical=config.clinical,
+            provenance=Provenance(profile.name, profile.version, key.key_id))
+        self.clinical = None if not config.clinical.enabled else ClinicalIntake(
+            config.clinical, parse_schema(config.clinical.schema, config.source),
+            Pseudonymiser(key, profile.pseudonym), self.state, config.pipeline.outbox,
+            on_queued=self.forwarder.wake if self.forwarder is not None else None)
 
     def start(self) -> None:
         swept = self.spool.sweep(self.state.spooled_keys())
         if swept:
             _log.info("spool_swept", files=swept, reason="not recorded before a stop: never acknowledged")
         self.pipeline.start()
+        if self.forwarder is not None:
+            self.forwarder.start()
+        if self.clinical is not None:
+            self.clinical.start()
         self.receiver.start()
         _log.info("agent_started", profile=self.profile.name, key_id=self.key_id,
-                  quiet_period_s=self.config.pipeline.quiet_period_s, workers=self.config.pipeline.workers)
+                  quiet_period_s=self.config.pipeline.quiet_period_s, workers=self.config.pipeline.workers,
+                  delivery="on" if self.forwarder is not None else "off (platform.dicomweb_url not set)",
+                  clinical="on" if self.clinical is not None else "off")
 
     def supervise(self) -> None:
         """Called by `serve` every half second, on the main thread."""
@@ -56,7 +77,13 @@ class Service:
 
     def stop(self) -> None:
         self.receiver.stop()
+        if self.clinical is not None:
+            self.clinical.stop()
         self.pipeline.stop()
+        if self.forwarder is not None:
+            self.forwarder.stop()
+        if self.client is not None:
+            self.client.close()
         self.state.close()
         _log.info("agent_stopped")
 

@@ -4,8 +4,11 @@ SQLite in WAL mode with synchronous=FULL: a committed transaction survives a kil
 cut. One connection per thread (pynetdicom calls handlers on association threads). Keys are
 opaque keyed hashes; only the crosswalk table holds source identifiers, and it stays on site.
 
-Study states: receiving -> stable -> deidentified -> queued (waiting for delivery), or
-quarantined with a reason. Instance states: received -> deidentified, or quarantined, or purged.
+Study states: receiving -> stable -> queued (de-identified, waiting for delivery) -> delivered
+(every instance and the manifest acknowledged by the platform) -> purged (identifiable copies
+gone), or quarantined with a reason. Instance states: received -> deidentified -> delivered ->
+purged, or quarantined (by the gate, or refused by the platform). Clinical batches: queued ->
+uploaded, or refused.
 """
 
 from __future__ import annotations
@@ -47,6 +50,37 @@ CREATE TABLE IF NOT EXISTS audit (
     sop_key   TEXT,
     event     TEXT NOT NULL,
     detail    TEXT
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    study_key       TEXT PRIMARY KEY,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_problem    TEXT
+);
+CREATE TABLE IF NOT EXISTS sent (
+    sop_key TEXT PRIMARY KEY,
+    sha256  TEXT NOT NULL,
+    size    INTEGER NOT NULL,
+    sent_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS platform_problem (
+    id              INTEGER PRIMARY KEY CHECK (id = 1),
+    kind            TEXT NOT NULL,
+    detail          TEXT NOT NULL,
+    since           REAL NOT NULL,
+    attempts        INTEGER NOT NULL,
+    next_attempt_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clinical_batches (
+    batch         TEXT PRIMARY KEY,
+    state         TEXT NOT NULL,
+    rows_in       INTEGER NOT NULL,
+    rows_out      INTEGER NOT NULL,
+    rows_rejected INTEGER NOT NULL,
+    held          TEXT,
+    reason        TEXT,
+    received_at   REAL NOT NULL,
+    updated_at    REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS crosswalk (
     kind   TEXT NOT NULL,
@@ -224,6 +258,137 @@ class State:
             self._audit(db, now, study_key, None, "study_deidentified", None)
             self._audit(db, now, study_key, None, "study_queued", None)
             return "queued"
+
+    # -- delivery -----------------------------------------------------------------------------
+
+    def due_studies(self, now: float | None = None) -> list[str]:
+        """Queued studies whose next delivery attempt is due, oldest first."""
+        now = time.time() if now is None else now
+        return [r[0] for r in self._db().execute(
+            "SELECT s.study_key FROM studies s LEFT JOIN deliveries d USING (study_key)"
+            " WHERE s.state = 'queued' AND COALESCE(d.next_attempt_at, 0) <= ? ORDER BY s.updated_at", (now,))]
+
+    def studies_in(self, state: str) -> list[str]:
+        return [r[0] for r in self._db().execute("SELECT study_key FROM studies WHERE state = ?", (state,))]
+
+    def delivery_attempts(self, study_key: str) -> int:
+        row = self._db().execute("SELECT attempts FROM deliveries WHERE study_key = ?", (study_key,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def instances_in(self, study_key: str, state: str) -> list[InstanceRow]:
+        rows = self._db().execute("SELECT * FROM instances WHERE study_key = ? AND state = ? ORDER BY output",
+                                  (study_key, state))
+        return [InstanceRow(*r) for r in rows]
+
+    def record_sent(self, study_key: str, sent: dict[str, tuple[str, int]],
+                    refused: dict[str, tuple[str, str]]) -> None:
+        """Instances the platform acknowledged (sop_key -> sha256, size as sent) and refused
+        (sop_key -> reason code, the platform's reason), in one transaction."""
+        now = time.time()
+        with self._tx() as db:
+            for sop_key, (sha256, size) in sent.items():
+                db.execute("INSERT OR REPLACE INTO sent (sop_key, sha256, size, sent_at) VALUES (?, ?, ?, ?)",
+                           (sop_key, sha256, size, now))
+                db.execute("UPDATE instances SET state = 'delivered' WHERE sop_key = ? AND state = 'deidentified'",
+                           (sop_key,))
+                self._audit(db, now, study_key, sop_key, "instance_delivered", None)
+            for sop_key, (reason, detail) in refused.items():
+                db.execute("UPDATE instances SET state = 'quarantined', reason = ?, detail = ?"
+                           " WHERE sop_key = ? AND state = 'deidentified'", (reason, detail, sop_key))
+                self._audit(db, now, study_key, sop_key, "instance_quarantined", reason)
+
+    def delivery_postponed(self, study_key: str, next_attempt_at: float, problem: str) -> int:
+        """One more attempt that left instances unacknowledged; returns the attempts so far."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO deliveries (study_key, attempts, next_attempt_at, last_problem) VALUES (?, 1, ?, ?)"
+                " ON CONFLICT (study_key) DO UPDATE SET attempts = attempts + 1,"
+                " next_attempt_at = excluded.next_attempt_at, last_problem = excluded.last_problem",
+                (study_key, next_attempt_at, problem))
+            self._audit(db, time.time(), study_key, None, "delivery_postponed", problem)
+            return int(db.execute("SELECT attempts FROM deliveries WHERE study_key = ?", (study_key,)).fetchone()[0])
+
+    def sent_instances(self, study_key: str) -> list[tuple[str, str, int, float]]:
+        """(output path, sha256, size, sent_at) of every instance of the study the platform holds."""
+        return list(self._db().execute(
+            "SELECT i.output, s.sha256, s.size, s.sent_at FROM instances i JOIN sent s USING (sop_key)"
+            " WHERE i.study_key = ? AND i.state IN ('delivered', 'purged') ORDER BY i.output", (study_key,)))
+
+    def study_delivered(self, study_key: str) -> bool:
+        """The manifest is acknowledged: the study is delivered (unless reopened meanwhile)."""
+        now = time.time()
+        with self._tx() as db:
+            changed = db.execute("UPDATE studies SET state = 'delivered', updated_at = ? WHERE study_key = ?"
+                                 " AND state = 'queued'", (now, study_key)).rowcount
+            db.execute("DELETE FROM deliveries WHERE study_key = ?", (study_key,))
+            if changed:
+                self._audit(db, now, study_key, None, "study_delivered", None)
+        return bool(changed)
+
+    def study_purged(self, study_key: str) -> list[str]:
+        """Identifiable copies of a delivered study's delivered instances are gone; returns their keys."""
+        now = time.time()
+        with self._tx() as db:
+            keys = [r[0] for r in db.execute(
+                "SELECT sop_key FROM instances WHERE study_key = ? AND state = 'delivered'", (study_key,))]
+            db.execute("UPDATE instances SET state = 'purged' WHERE study_key = ? AND state = 'delivered'",
+                       (study_key,))
+            db.execute("UPDATE studies SET state = 'purged', updated_at = ? WHERE study_key = ? AND state = 'delivered'",
+                       (now, study_key))
+            self._audit(db, now, study_key, None, "study_purged", f"{len(keys)} identifiable instance(s)")
+        return keys
+
+    def set_platform_problem(self, kind: str, detail: str, attempts: int, next_attempt_at: float) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO platform_problem (id, kind, detail, since, attempts, next_attempt_at)"
+                " VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET kind = excluded.kind,"
+                " detail = excluded.detail, attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at",
+                (kind, detail, now, attempts, next_attempt_at))
+
+    def clear_platform_problem(self) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM platform_problem")
+
+    def platform_problem(self) -> dict[str, object] | None:
+        row = self._db().execute("SELECT kind, detail, since, attempts, next_attempt_at FROM platform_problem").fetchone()
+        return None if row is None else dict(zip(("kind", "detail", "since", "attempts", "next_attempt_at"), row))
+
+    def instances_refused_by_platform(self) -> int:
+        row = self._db().execute("SELECT COUNT(*) FROM instances WHERE state = 'quarantined'"
+                                 " AND reason = 'platform_rejected'").fetchone()
+        return int(row[0])
+
+    # -- clinical batches ---------------------------------------------------------------------
+
+    def clinical_batch(self, batch: str) -> str | None:
+        row = self._db().execute("SELECT state FROM clinical_batches WHERE batch = ?", (batch,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def record_clinical(self, batch: str, state: str, rows: tuple[int, int, int], held: str | None,
+                        reason: str | None) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO clinical_batches (batch, state, rows_in, rows_out, rows_rejected, held, reason,"
+                " received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (batch) DO NOTHING",
+                (batch, state, *rows, held, reason, now, now))
+            self._audit(db, now, None, None, f"clinical_{state}", batch)
+
+    def due_clinical(self) -> list[tuple[str, str | None]]:
+        return [(r[0], r[1]) for r in self._db().execute(
+            "SELECT batch, held FROM clinical_batches WHERE state = 'queued' ORDER BY received_at")]
+
+    def clinical_uploaded(self, batch: str) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE clinical_batches SET state = 'uploaded', held = NULL, updated_at = ? WHERE batch = ?",
+                       (now, batch))
+            self._audit(db, now, None, None, "clinical_uploaded", batch)
+
+    def clinical_counts(self) -> dict[str, int]:
+        return dict(self._db().execute("SELECT state, COUNT(*) FROM clinical_batches GROUP BY state").fetchall())
 
     # -- operators ----------------------------------------------------------------------------
 

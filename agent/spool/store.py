@@ -15,6 +15,8 @@ from pathlib import Path
 from agent.config import SpoolConfig
 
 _MB = 1024 * 1024
+#: The outbox folder of pseudonymised clinical batches (study folders are pseudonyms: upper case).
+CLINICAL_OUTBOX = "clinical"
 
 
 class NoSpace(OSError):

@@ -1,0 +1,272 @@
+"""The delivery loop: queued studies and clinical batches, from the outbox to the platform.
+
+A study is delivered in three steps, each safe to repeat after a crash: its de-identified
+instances by STOW-RS (the platform keys them on their SOP Instance UIDs, so a resend does not
+duplicate them; each acknowledged instance is recorded with the SHA-256 of what was sent), then
+its manifest by PUT, and only then is it `delivered` and its identifiable spool copies purged.
+An instance the platform refuses goes to quarantine with the platform's reason; the rest of the
+study is delivered. A failure of the platform as a whole (unreachable, TLS, authentication,
+server error) pauses every upload on the backoff schedule and is shown by `status`; nothing is
+ever dropped for it. Uploads wait for the configured window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydicom import dcmread
+
+from agent import __version__, log
+from agent.config import ClinicalConfig
+from agent.forward.client import PlatformClient
+from agent.forward.deliver import deliver_study
+from agent.forward.errors import DeliveryError
+from agent.forward.stow import OutgoingInstance
+from agent.quarantine import Reason, Refusal, quarantine
+from agent.spool.state import InstanceRow, State
+from agent.spool.store import CLINICAL_OUTBOX, Spool
+
+_log = log.get("forward")
+#: After this many attempts that left an instance unacknowledged with no reason (Orthanc's DICOMweb
+#: 1.7 drops a refused instance silently), it is taken as refused, so it cannot hold its study back.
+UNACKNOWLEDGED_ATTEMPTS = 3
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What the manifest says about how a study was made (no identifiers)."""
+
+    profile: str
+    profile_version: str
+    key_id: str
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds")
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class Forwarder:
+    """A thread of the daemon (or `run_once` in tests) that empties the outbox into the platform."""
+
+    def __init__(self, state: State, spool: Spool, client: PlatformClient, *, outbox: Path, quarantine_dir: Path,
+                 provenance: Provenance, clinical: ClinicalConfig | None = None) -> None:
+        self.state, self.spool, self.client = state, spool, client
+        self.outbox, self.quarantine_dir = outbox, quarantine_dir
+        self.provenance = provenance
+        self.clinical = clinical
+        self._failures = 0  # platform-wide failures in a row
+        self._paused_until = 0.0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def start(self, interval_s: float = 0.5) -> None:
+        self._thread = threading.Thread(target=self._loop, args=(interval_s,), name="forward", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self, interval_s: float) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception as exc:  # a bad round must not stop delivery; the state is unchanged
+                _log.error("forward_round_failed", error=type(exc).__name__)
+                busy = False
+            if not busy:
+                self._wake.wait(self._idle_wait(interval_s))
+                self._wake.clear()
+
+    def _idle_wait(self, interval_s: float) -> float:
+        now = time.time()
+        if self._paused_until > now:
+            return min(self._paused_until - now, 60.0)
+        if not self.client.window.is_open(datetime.now()):
+            return min(self.client.window.seconds_until_open(datetime.now()), 60.0)
+        return interval_s
+
+    def run_once(self) -> bool:
+        """One round: finish delivered studies, then send what is due. True when work was done."""
+        for study_key in self.state.studies_in("delivered"):
+            self._purge(study_key)  # a crash between `delivered` and the purge
+        if time.time() < self._paused_until or not self.client.window.is_open(datetime.now()):
+            return False
+        try:
+            worked = False
+            for study_key in self.state.due_studies():
+                if self._stop.is_set():
+                    return worked
+                self.deliver(study_key)
+                worked = True
+            for batch, held in self.state.due_clinical():
+                self.upload_clinical(batch, held)
+                worked = True
+        except DeliveryError as exc:
+            self._platform_failed(exc)
+            return False
+        if self._failures:
+            _log.info("platform_reachable_again", after_failures=self._failures)
+            self._failures = 0
+            self.state.clear_platform_problem()
+        return worked
+
+    def _platform_failed(self, exc: DeliveryError) -> None:
+        wait = self.client.backoff.delay(self._failures, exc.retry_after_s)
+        self._failures += 1
+        self._paused_until = time.time() + wait
+        self.state.set_platform_problem(exc.kind, str(exc), self._failures, self._paused_until)
+        # Authentication and TLS problems need a person: error level, every time (loud, not silent).
+        level = _log.error if exc.loud or exc.kind in ("tls", "authentication") else _log.warning
+        level("platform_delivery_paused", kind=exc.kind, detail=str(exc), failures_in_a_row=self._failures,
+              retry_in_s=round(wait, 1))
+
+    # -- studies ----------------------------------------------------------------------------
+
+    def deliver(self, study_key: str) -> str:
+        """Send a queued study's instances not yet acknowledged, then its manifest. Raises
+        DeliveryError when the platform as a whole fails (the study stays queued)."""
+        rows = self.state.instances_in(study_key, "deidentified")
+        if rows:
+            delivery = self._send_instances(study_key, rows)
+            if delivery is not None:
+                return delivery
+        if self.state.instances_in(study_key, "deidentified"):
+            return "queued"
+        self._send_manifest(study_key)
+        if self.state.study_delivered(study_key):
+            self._purge(study_key)
+            return "purged"
+        return "queued"  # reopened by a follow-up meanwhile: its new instances come next
+
+    def _send_instances(self, study_key: str, rows: list[InstanceRow]) -> str | None:
+        by_uid: dict[str, tuple[InstanceRow, Path]] = {}
+        outgoing = []
+        for row in rows:
+            assert row.output is not None
+            path = self.outbox / row.output
+            header = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+            uid = str(header.SOPInstanceUID)
+            by_uid[uid] = (row, path)
+            outgoing.append(OutgoingInstance(uid, str(header.SOPClassUID), path=path))
+        attempts = self.state.delivery_attempts(study_key)
+        delivery = deliver_study(self.client, outgoing, self.client.config.batch_size,
+                                 reject_unacknowledged=attempts + 1 >= UNACKNOWLEDGED_ATTEMPTS)
+        sent = {by_uid[uid][0].sop_key: (_sha256(by_uid[uid][1]), by_uid[uid][1].stat().st_size)
+                for uid in delivery.stored}
+        refused = {by_uid[f.sop_instance_uid][0].sop_key: (Reason.PLATFORM_REJECTED.value, f.detail)
+                   for f in delivery.rejected}
+        for sop_key, (_, detail) in refused.items():
+            quarantine(self.quarantine_dir, sop_key, self.spool.path_of(sop_key).read_bytes(),
+                       Refusal(Reason.PLATFORM_REJECTED, detail), profile=self.provenance.profile)
+        self.state.record_sent(study_key, sent, refused)
+        for sop_key, (_, detail) in refused.items():
+            _log.warning("instance_refused_by_platform", study_key=study_key, sop_key=sop_key, detail=detail)
+        if delivery.error is not None:
+            raise delivery.error
+        if delivery.transient:
+            wait = self.client.backoff.delay(attempts, delivery.retry_after_s)
+            problem = delivery.transient[0].detail
+            self.state.delivery_postponed(study_key, time.time() + wait, problem)
+            _log.warning("study_delivery_postponed", study_key=study_key, unacknowledged=len(delivery.transient),
+                         detail=problem, retry_in_s=round(wait, 1))
+            return "queued"
+        return None
+
+    def manifest(self, study_key: str) -> tuple[str, bytes]:
+        """The study's pseudonymous UID and manifest: what the platform should hold, and how it was made."""
+        sent = self.state.sent_instances(study_key)
+        study = self.state.study(study_key)
+        assert study is not None and sent
+        instances = []
+        series: dict[str, int] = {}
+        for output, sha256, size, _ in sent:
+            _, study_uid, series_uid, name = Path(output).parts
+            instances.append({"series_instance_uid": series_uid, "sop_instance_uid": Path(name).stem,
+                              "sha256": sha256, "size": size})
+            series[series_uid] = series.get(series_uid, 0) + 1
+        quarantined = len(self.state.instances_in(study_key, "quarantined"))
+        document = {
+            "manifest_version": MANIFEST_VERSION,
+            "study_instance_uid": study_uid,
+            "patient_pseudonym": study.pseudonym,
+            "instance_count": len(instances),
+            "series": [{"series_instance_uid": uid, "instance_count": n} for uid, n in sorted(series.items())],
+            "instances": instances,
+            "quarantined_on_site": quarantined,
+            "profile": {"name": self.provenance.profile, "version": self.provenance.profile_version},
+            "key_id": self.provenance.key_id,
+            "agent_version": __version__,
+            "times": {"first_sent": _iso(min(s[3] for s in sent)), "last_sent": _iso(max(s[3] for s in sent)),
+                      "manifest_sent": _iso(time.time())},
+        }
+        return study_uid, json.dumps(document, indent=1, sort_keys=False).encode()
+
+    def _send_manifest(self, study_key: str) -> None:
+        study_uid, body = self.manifest(study_key)
+        self.client.put_manifest(study_uid, body)
+        _log.info("study_manifest_sent", study_key=study_key, output_study=study_uid)
+
+    def _purge(self, study_key: str) -> None:
+        """Delivered: the identifiable spool copies and the de-identified outbox copies go."""
+        study = self.state.study(study_key)
+        for row in self.state.instances_in(study_key, "delivered"):
+            self.spool.remove(row.sop_key)
+            if row.output:
+                (self.outbox / row.output).unlink(missing_ok=True)
+        if study is not None and study.pseudonym and study.output_study:
+            _remove_empty_folders(self.outbox / study.pseudonym / study.output_study, self.outbox)
+        keys = self.state.study_purged(study_key)
+        _log.info("study_delivered", study_key=study_key, purged_instances=len(keys))
+
+    # -- clinical batches -------------------------------------------------------------------
+
+    def upload_clinical(self, batch: str, held: str | None) -> None:
+        """PUT a pseudonymised CSV, then archive or delete the original it came from."""
+        csv_path = self.outbox / CLINICAL_OUTBOX / f"{batch}.csv"
+        self.client.put_clinical(batch, csv_path.read_bytes())
+        if held is not None and Path(held).exists():
+            if self.clinical is not None and self.clinical.after_upload == "archive":
+                self.clinical.archive.mkdir(parents=True, exist_ok=True, mode=0o700)
+                shutil.move(held, self.clinical.archive / f"{batch}.csv")
+            else:
+                Path(held).unlink()
+        csv_path.unlink(missing_ok=True)
+        self.state.clinical_uploaded(batch)
+        _log.info("clinical_batch_uploaded", batch=batch)
+
+
+def _remove_empty_folders(folder: Path, root: Path) -> None:
+    """Remove `folder` and its empty parents up to (not including) `root`."""
+    for path in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        try:
+            path.rmdir()
+        except OSError:
+            pass
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent

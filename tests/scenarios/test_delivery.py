@@ -1,0 +1,264 @@
+"""End to end with a real platform: storescu -> agent -> nginx (mTLS, token) -> Orthanc DICOMweb.
+
+Two patients' studies and a clinical CSV go in; the test then reads what the platform holds
+(Orthanc's REST API, the PUT manifests and CSV) and checks what the platform team and the IG
+officer care about: every instance once, the CSV's pseudonym is the images' PatientID, no
+original identifier anywhere, dates moved together. Then the faults.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+
+from agent.deidentify.pseudonym import Pseudonymiser, PseudonymSettings
+from agent.keys import load_key_file
+from tests.peers.platform import Platform, central_platform, clean_platform  # noqa: F401
+from tests.scenarios.daemon import Daemon, storescu, wait_for
+from tests.synthetic import Patient, make_study, planted_values, write
+
+pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is installed by make test")
+
+PATIENTS = (
+    Patient(patient_id="RXX100001", name="PLANTEDONE^ALICE", accession="ACC10000001"),
+    Patient(patient_id="RXX100002", name="PLANTEDTWO^BOB", accession="ACC10000002"),
+)
+SCHEMA: dict[str, Any] = {
+    "patient_id": {"column": "Hospital Number", "issuer": "RXX", "pattern": r"RXX\d{6}"},
+    "columns": {
+        "admission_date": {"type": "date", "formats": ["%d/%m/%Y", "%Y-%m-%d"], "required": True},
+        "scan_taken": {"type": "datetime", "formats": ["%d/%m/%Y %H:%M"]},
+        "age": {"type": "integer", "range": [0, 120], "generalise": {"band": 5, "top": 90}},
+        "outcome": {"type": "code", "allowed": ["discharged", "died", "transferred"]},
+        "surname": {"drop": True, "identifying": True},
+        "notes": {"drop": True},
+    },
+}
+CSV_HEADER = "Hospital Number,Surname,Admission Date,Scan Taken,Age,Outcome,Notes"
+CSV_ROWS = (  # two formats of date in one column, as exports mix them
+    "RXX100001,PLANTEDONE,12/03/2020,15/03/2020 23:30,47,discharged,lives alone at 12 Planted Street",
+    "RXX100002,PLANTEDTWO,2020-03-10,15/03/2020 23:30,81,died,",
+)
+
+
+def agent_for(root: Path, platform: Platform, *, clinical: bool = False, **overrides: Any) -> Daemon:
+    settings: dict[str, Any] = {
+        "platform__dicomweb_url": platform.dicomweb_url, "platform__manifest_url": platform.manifest_url,
+        "platform__clinical_url": platform.clinical_url, "platform__ca_bundle": str(platform.ca_bundle),
+        "platform__client_certificate": str(platform.client_certificate),
+        "platform__client_key": str(platform.client_key), "platform__token_file": str(platform.token_file),
+        "platform__batch_size": 4, "platform__retry_initial_s": 0.2, "platform__retry_max_s": 1.0,
+        "pipeline__quiet_period_s": 1,
+    }
+    if clinical:
+        settings.update({"clinical__schema": SCHEMA, "clinical__drop_folder": "drop", "clinical__stable_s": 0.5,
+                         "clinical__rejects": "rejects", "clinical__archive": "archive"})
+    settings.update(overrides)
+    return Daemon(root, **settings)
+
+
+def send_studies(tmp_path: Path, agent: Daemon, patients: tuple[Patient, ...] = PATIENTS, **kw: Any) -> list[Path]:
+    files = []
+    for p, patient in enumerate(patients):
+        study = make_study(patient, n_series=2, n_per_series=3, **kw)
+        files += [write(ds, tmp_path / "pacs" / f"{p}-{i}.dcm") for i, ds in enumerate(study)]
+    sent = storescu(agent.port, files)
+    assert sent.returncode == 0, sent.stderr
+    return files
+
+
+def drop_csv(agent: Daemon, name: str, text: str) -> None:
+    drop = agent.root / "drop"
+    drop.mkdir(exist_ok=True)
+    (drop / name).write_text(text)
+    (drop / f"{name}.done").write_text("")
+
+
+def wait_delivered(agent: Daemon, studies: int, timeout: float = 90.0) -> dict[str, Any]:
+    return wait_for(lambda: (r := agent.status())["studies"].get("purged", 0) >= studies and r, timeout, 0.3,
+                    f"{studies} studies delivered and purged")
+
+
+#: nccid keeps device identity (Retain Device Identity Option): the scanner's station name and serial
+#: number are meant to reach the platform.
+KEPT_BY_PROFILE = {"site.station_name", "site.device_serial"}
+
+
+def source_identifiers(files: list[Path]) -> set[str]:
+    found: set[str] = set()
+    for path in files:
+        ds = dcmread(path)
+        patient = next(p for p in PATIENTS if p.patient_id == ds.PatientID)
+        found |= {v for k, v in planted_values(patient, ds).items() if len(v) >= 6 and k not in KEPT_BY_PROFILE}
+    return found
+
+
+def test_two_patients_images_and_clinical_rows_arrive_linked_and_clean(tmp_path: Path, clean_platform: Platform) -> None:
+    with agent_for(tmp_path / "agent", clean_platform, clinical=True) as agent:
+        files = send_studies(tmp_path, agent)
+        drop_csv(agent, "export.csv", "\n".join((CSV_HEADER, *CSV_ROWS)) + "\n")
+        report = wait_delivered(agent, 2)
+        wait_for(lambda: agent.status()["clinical_batches"].get("uploaded") == 1, 30, 0.3, "the CSV uploaded")
+        spool_left = list((agent.root / "spool").rglob("*.dcm"))
+        outbox_left = [p for p in (agent.root / "outbox").rglob("*") if p.is_file()]
+    assert report["delivery"]["problem"] is None
+
+    # Every instance once, from the right patient.
+    stored = clean_platform.stored_instances()
+    assert len(stored) == len(files) == 12
+    key = load_key_file(agent.root / "site.key")
+    names = Pseudonymiser(key, PseudonymSettings())
+    expected = {names.uid(str(dcmread(f, stop_before_pixels=True).SOPInstanceUID)) for f in files}
+    assert set(stored) == expected
+
+    # The CSV: one row per patient, its pseudonym the PatientID of that patient's images.
+    uploaded = clean_platform.put_files("clinical")
+    assert len(uploaded) == 1
+    rows = list(csv.DictReader(io.StringIO(next(iter(uploaded.values())).decode())))
+    assert {r["patient_pseudonym"] for r in rows} == {i.tags["PatientID"] for i in stored.values()}
+    assert "surname" not in rows[0] and "notes" not in rows[0]
+    # The same date offset: the scan time in the CSV is the images' shifted StudyDate/StudyTime.
+    for row in rows:
+        image = next(i.tags for i in stored.values() if i.tags["PatientID"] == row["patient_pseudonym"])
+        shifted = datetime.strptime(image["StudyDate"] + image["StudyTime"][:6], "%Y%m%d%H%M%S")
+        assert datetime.fromisoformat(row["scan_taken"]) == shifted
+        assert row["admission_date"] < row["scan_taken"][:10]
+
+    # One manifest per study, whose SHA-256s are the bytes the platform holds.
+    manifests = {name: json.loads(body) for name, body in clean_platform.put_files("manifests").items()}
+    assert len(manifests) == 2
+    for name, manifest in manifests.items():
+        assert name == f"{manifest['study_instance_uid']}.json"
+        assert manifest["instance_count"] == 6 and len(manifest["series"]) == 2
+        for entry in manifest["instances"]:
+            body = clean_platform.instance_bytes(entry["sop_instance_uid"])
+            assert hashlib.sha256(body).hexdigest() == entry["sha256"]
+
+    # No original identifier in anything the platform holds.
+    planted = source_identifiers(files) | {p.patient_id for p in PATIENTS} | {"PLANTEDONE", "PLANTEDTWO"}
+    held = [clean_platform.instance_bytes(uid) for uid in stored]
+    held += list(clean_platform.put_files("manifests").values()) + list(uploaded.values())
+    for blob in held:
+        for value in planted:
+            assert value.encode() not in blob, "an original identifier reached the platform"
+
+    # Identifiable copies and outbox files are gone once delivered; the original CSV is archived.
+    assert not spool_left and not outbox_left
+    assert len(list((agent.root / "archive").iterdir())) == 1
+
+
+def test_platform_down_for_a_while_then_the_queue_drains(tmp_path: Path, clean_platform: Platform) -> None:
+    clean_platform.stop()
+    try:
+        with agent_for(tmp_path / "agent", clean_platform) as agent:
+            files = send_studies(tmp_path, agent, PATIENTS[:1])
+            report = wait_for(lambda: (r := agent.status())["delivery"]["problem"] and r, 60, 0.3, "a platform problem")
+            assert report["delivery"]["problem"]["kind"] == "unreachable"
+            assert report["studies"].get("queued") == 1
+            clean_platform.start()
+            report = wait_delivered(agent, 1)
+    finally:
+        if not clean_platform.running:
+            clean_platform.start()
+    assert report["delivery"]["problem"] is None
+    assert len(clean_platform.stored_instances()) == len(files)
+
+
+def test_kill_9_mid_upload_does_not_duplicate_on_the_platform(tmp_path: Path, clean_platform: Platform) -> None:
+    """The upload is slowed by the bandwidth cap so the kill lands in it; after a restart the
+    study completes, and the platform holds each instance once."""
+    agent = agent_for(tmp_path / "agent", clean_platform, platform__bandwidth_mbit_s=8, platform__batch_size=2)
+    agent.start()
+    study = make_study(PATIENTS[0], n_series=2, n_per_series=12, rows=256, columns=256)
+    files = [write(ds, tmp_path / "pacs" / f"{i}.dcm") for i, ds in enumerate(study)]
+    assert storescu(agent.port, files).returncode == 0
+    wait_for(lambda: len(clean_platform.stored_sop_instance_uids()) >= 4, 60, 0.05, "the upload to start")
+    agent.kill()
+    assert 4 <= len(clean_platform.stored_sop_instance_uids()) < len(files)
+    agent.start()
+    wait_delivered(agent, 1)
+    agent.stop()
+    stored = clean_platform.stored_instances()
+    assert len(stored) == len(files)
+    manifest = json.loads(next(iter(clean_platform.put_files("manifests").values())))
+    assert manifest["instance_count"] == len(files)
+
+
+def test_server_certificate_from_another_ca_is_refused_loudly_and_retried(tmp_path: Path,
+                                                                         clean_platform: Platform) -> None:
+    with agent_for(tmp_path / "agent", clean_platform, platform__ca_bundle=str(clean_platform.other_ca_bundle)) as agent:
+        send_studies(tmp_path, agent, PATIENTS[:1])
+        report = wait_for(lambda: ((r := agent.status())["delivery"]["problem"] or {}).get("attempts", 0) >= 2 and r,
+                          60, 0.3, "two failed attempts")
+        log = agent.log_text()
+    assert report["delivery"]["problem"]["kind"] == "tls"
+    assert report["studies"].get("queued") == 1
+    assert '"level": "error"' in log and "platform_delivery_paused" in log
+    assert not clean_platform.stored_sop_instance_uids()
+
+
+def test_wrong_token_is_loud_and_retried_until_the_token_is_fixed(tmp_path: Path, clean_platform: Platform) -> None:
+    token = tmp_path / "token"
+    token.write_text("not-the-token\n")
+    token.chmod(0o600)
+    with agent_for(tmp_path / "agent", clean_platform, platform__token_file=str(token)) as agent:
+        files = send_studies(tmp_path, agent, PATIENTS[:1])
+        report = wait_for(lambda: ((r := agent.status())["delivery"]["problem"] or {}).get("attempts", 0) >= 2 and r,
+                          60, 0.3, "two refused attempts")
+        assert report["delivery"]["problem"]["kind"] == "authentication"
+        assert "not-the-token" not in agent.log_text()
+        token.write_text(clean_platform.token + "\n")  # the operator fixes it; no restart needed
+        wait_delivered(agent, 1)
+    assert len(clean_platform.stored_instances()) == len(files)
+
+
+def test_an_instance_the_platform_refuses_is_quarantined_and_the_rest_delivered(tmp_path: Path,
+                                                                               clean_platform: Platform) -> None:
+    agent = agent_for(tmp_path / "agent", clean_platform)
+    study = make_study(PATIENTS[0], n_series=1, n_per_series=5)
+    files = [write(ds, tmp_path / "pacs" / f"{i}.dcm") for i, ds in enumerate(study)]
+    names = Pseudonymiser(load_key_file(agent.root / "site.key"), PseudonymSettings())
+    refused = names.uid(str(study[2].SOPInstanceUID))
+    clean_platform.reject_sop_instances({refused})
+    with agent:
+        assert storescu(agent.port, files).returncode == 0
+        report = wait_delivered(agent, 1)
+        quarantined = list((agent.root / "quarantine").rglob("*.json"))
+    assert report["delivery"]["instances_refused_by_platform"] == 1
+    assert clean_platform.stored_sop_instance_uids() == {names.uid(str(ds.SOPInstanceUID)) for ds in study} - {refused}
+    assert len(quarantined) == 1 and json.loads(quarantined[0].read_text())["reason"] == "platform_rejected"
+    manifest = json.loads(next(iter(clean_platform.put_files("manifests").values())))
+    assert manifest["instance_count"] == 4 and manifest["quarantined_on_site"] == 1
+
+
+def test_bad_rows_are_reported_on_site_and_a_wrong_header_refuses_the_file(tmp_path: Path,
+                                                                          clean_platform: Platform) -> None:
+    bad_rows = "\n".join((CSV_HEADER, CSV_ROWS[0],
+                          "RXX100002,PLANTEDTWO,31/02/2020,15/03/2020 23:30,81,died,",  # no 31 February
+                          "RXX100003,PLANTEDTHREE,10/03/2020,15/03/2020 23:30,300,recovered,"))  # age, outcome
+    wrong_header = "\n".join(("Hospital No,Surname,Admision Date,Scan Taken,Age,Outcome,Notes", CSV_ROWS[1]))
+    with agent_for(tmp_path / "agent", clean_platform, clinical=True) as agent:
+        drop_csv(agent, "bad-rows.csv", bad_rows + "\n")
+        drop_csv(agent, "wrong-header.csv", wrong_header + "\n")
+        report = wait_for(lambda: (r := agent.status())["clinical_batches"].get("uploaded") == 1 and
+                          r["clinical_batches"].get("refused") == 1 and r, 30, 0.3, "one uploaded, one refused")
+        log = agent.log_text()
+    assert report["clinical_batches"] == {"uploaded": 1, "refused": 1}
+    uploaded = list(clean_platform.put_files("clinical").values())
+    assert len(uploaded) == 1 and uploaded[0].count(b"\n") == 2  # the header and the one good row
+    reports = {p.name: p.read_text() for p in (agent.root / "rejects").glob("*.rejects.csv")}
+    assert len(reports) == 2
+    text = "\n".join(reports.values())
+    assert "admission_date" in text and "age" in text and "outcome" in text and "file refused" in text
+    for value in ("RXX100002", "RXX100003", "PLANTEDTWO", "PLANTEDTHREE", "31/02/2020", "recovered"):
+        assert value not in text and value not in log
+    assert not list((agent.root / "drop").glob("*.csv"))  # taken: held, archived or refused
