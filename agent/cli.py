@@ -242,6 +242,9 @@ def status(config: ConfigFile, as_json: Annotated[bool, typer.Option("--json")] 
     for entry in report["quarantine"]:
         out.print(f"  {entry['study_key']}  {entry['reason']}  {entry['instances']} instance(s)")
     _print_delivery(report["delivery"], report["clinical_batches"])
+    if report["undelivered_beyond_retention"]:
+        out.print(f"[bold red]{report['undelivered_beyond_retention']} stud(ies) undelivered beyond"
+                  " spool.retention_days[/]: identifiable copies are kept until the platform acknowledges them")
 
 
 def _print_delivery(delivery: dict[str, Any], clinical: dict[str, int]) -> None:
@@ -250,7 +253,7 @@ def _print_delivery(delivery: dict[str, Any], clinical: dict[str, int]) -> None:
         return
     problem = delivery["problem"]
     if problem is None:
-        out.print(f"delivery: to {delivery['platform']}: OK")
+        out.print(f"delivery: to {delivery['platform']}: OK (upload window: {delivery['upload_window']})")
     else:
         out.print(f"delivery: to {delivery['platform']}: [bold red]FAILING[/] ({problem['kind']}) for"
                   f" {problem['since_s']:.0f} s, {problem['attempts']} attempt(s), next in {problem['next_attempt_in_s']:.0f} s:"

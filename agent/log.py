@@ -38,8 +38,10 @@ def configure(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
-    # pynetdicom logs each DIMSE message, with UIDs, at INFO and DEBUG: keep only its warnings.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pynetdicom logs each DIMSE message, with UIDs, at INFO and DEBUG; httpx logs each request's
+    # URL at INFO and httpcore/h2/hpack trace headers (the bearer token) at DEBUG: warnings only.
+    for name in ("pynetdicom", "httpx", "httpcore", "h2", "hpack"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def get(name: str) -> Any:

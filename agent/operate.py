@@ -38,6 +38,8 @@ def status(config: Config) -> dict[str, Any]:
         problem = state.platform_problem()
         clinical = state.clinical_counts()
         refused_by_platform = state.instances_refused_by_platform()
+        beyond_retention = sum(1 for s in state.studies("queued")
+                               if s.updated_at < time.time() - config.spool.retention_days * 86_400)
     finally:
         state.close()
     return {
@@ -52,6 +54,8 @@ def status(config: Config) -> dict[str, Any]:
         if config.spool.directory.exists() else None,
         "quarantine": quarantined,
         "delivery": _delivery(config, problem, refused_by_platform),
+        # Identifiable copies are never purged before delivery; past the retention they are reported.
+        "undelivered_beyond_retention": beyond_retention,
         "clinical_batches": clinical,
     }
 
@@ -61,6 +65,7 @@ def _delivery(config: Config, problem: dict[str, Any] | None, refused: int) -> d
     if not config.platform.enabled:
         return {"enabled": False, "note": "platform.dicomweb_url is not set: studies wait in the outbox"}
     report: dict[str, Any] = {"enabled": True, "platform": config.platform.dicomweb_url,
+                              "upload_window": config.platform.upload_window or "always",
                               "instances_refused_by_platform": refused, "problem": None}
     if problem is not None:
         report["problem"] = {**problem, "since_s": round(time.time() - float(problem["since"]), 1),

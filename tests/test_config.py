@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,18 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
         ("log: {level: loud}\n", "log.level: one of debug, info, warning, error"),
         ("receive: [1, 2]\n", "receive: expected a mapping"),
         ("receive: {port: 1\n", "not valid YAML at line"),
+        ("receive: {processes: 0}\n", "receive.processes: an integer from 1 to 32"),
+        ("platform: {dicomweb_url: 'http://platform/dicom-web'}\n", "platform.dicomweb_url: an https:// URL"),
+        ("platform: {dicomweb_url: 'https://p/dicom-web'}\n", "platform.manifest_url: required when dicomweb_url"),
+        ("platform: {dicomweb_url: 'https://p/dw', manifest_url: 'https://p/m', token_file: t}\n",
+         "platform.ca_bundle: required"),
+        ("platform: {dicomweb_url: 'https://p/dw', manifest_url: 'https://p/m', ca_bundle: ca.pem}\n",
+         "platform.client_certificate: one of client_certificate, token_file or oauth2_token_url"),
+        ("platform: {dicomweb_url: 'https://p/dw', manifest_url: 'https://p/m', ca_bundle: ca.pem,"
+         " client_certificate: c.pem}\n", "platform.client_key: client_certificate and client_key go together"),
+        ("platform: {upload_window: '7pm-7am'}\n", "platform.upload_window: HH:MM-HH:MM"),
+        ("platform: {token: abc}\n", "platform.token: unknown key"),
+        ("clinical: {after_upload: keep}\n", "clinical.after_upload: one of archive, purge"),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -71,6 +84,29 @@ def test_serve_with_a_bad_config_exits_2_with_the_key(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "agent.cli", "serve", "--config", str(path)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "receive.port" in run.stderr
+
+
+def test_serve_refuses_a_token_file_others_can_read(tmp_path: Path) -> None:
+    """Secrets come from files only the agent may read: serve names the key and the fix, exits 2."""
+    import subprocess
+    import sys
+
+    from agent.keys import init_key_file
+    from tests.peers.certs import make_pki
+
+    init_key_file(tmp_path / "site.key")
+    shutil.copy(make_pki(tmp_path / "pki").ca_certificate, tmp_path / "ca.pem")
+    token = tmp_path / "token"
+    token.write_text("secret-token-value\n")
+    token.chmod(0o644)
+    path = tmp_path / "c.yaml"
+    path.write_text("pipeline: {key_file: site.key}\nplatform: {dicomweb_url: 'https://127.0.0.1:1/dicom-web',"
+                    " manifest_url: 'https://127.0.0.1:1/m', ca_bundle: ca.pem, token_file: token}\n")
+    run = subprocess.run([sys.executable, "-m", "agent.cli", "serve", "--config", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert "platform.token_file" in run.stderr and "chmod 600" in run.stderr
+    assert "secret-token-value" not in run.stderr + run.stdout
 
 
 def test_packaged_config_keeps_state_under_var_lib() -> None:
