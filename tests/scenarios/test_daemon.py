@@ -7,6 +7,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,37 @@ def test_echoscu_verifies_the_agent(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stderr
     assert wrong_called.returncode != 0 and "Called AE Title Not Recognized" in wrong_called.stderr
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 3 MB file system (tmpfs) for the spool: writes really fail with ENOSPC."""
+    mount_point = tmp_path / "tiny-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_full_disk_answers_out_of_resources_and_keeps_earlier_data(tmp_path: Path, tiny_disk: Path) -> None:
+    """A disk that really fills (ENOSPC, no quota or floor in the way): C-STORE answers 0xA700,
+    no half-written file is left, what was stored before is intact, and the agent keeps serving."""
+    files = study_files(tmp_path / "pacs", n_series=1, n_per_series=8, rows=512, columns=512)  # ~0.5 MB each
+    with Daemon(tmp_path / "agent", spool__directory=str(tiny_disk / "spool"), spool__min_free_mb=0,
+                pipeline__quiet_period_s=3600) as agent:
+        sent = storescu(agent.port, files)
+        assert "Refused: OutOfResources" in sent.stdout + sent.stderr
+        spooled = list((tiny_disk / "spool").rglob("*.dcm"))
+        assert 1 <= len(spooled) < len(files)
+        assert not [p for p in (tiny_disk / "spool").rglob("*") if p.name.startswith(".tmp-")]
+        for path in spooled:
+            dcmread(path)  # whole and readable
+        assert agent.status()["instances"] == {"received": len(spooled)}
+        echo = subprocess.run(["echoscu", "-aet", "STORESCU", "-aec", "NMIP_AGENT", "127.0.0.1", str(agent.port)],
+                              capture_output=True, text=True, timeout=60)
+        assert echo.returncode == 0
