@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import shutil
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -262,3 +263,33 @@ def test_bad_rows_are_reported_on_site_and_a_wrong_header_refuses_the_file(tmp_p
     for value in ("RXX100002", "RXX100003", "PLANTEDTWO", "PLANTEDTHREE", "31/02/2020", "recovered"):
         assert value not in text and value not in log
     assert not list((agent.root / "drop").glob("*.csv"))  # taken: held, archived or refused
+
+
+def test_oauth2_token_is_fetched_and_renewed_when_the_platform_changes_it(tmp_path: Path,
+                                                                         clean_platform: Platform) -> None:
+    oauth2 = {"platform__token_file": None, "platform__oauth2_token_url": clean_platform.oauth2_token_url,
+              "platform__oauth2_client_id": clean_platform.oauth2_client_id,
+              "platform__oauth2_client_secret_file": str(clean_platform.oauth2_client_secret_file)}
+    with agent_for(tmp_path / "agent", clean_platform, **oauth2) as agent:
+        send_studies(tmp_path / "first", agent, PATIENTS[:1])
+        wait_delivered(agent, 1)
+        clean_platform.set_token("rotated-token-2")  # the old token now gets 401
+        send_studies(tmp_path / "second", agent, PATIENTS[1:])
+        report = wait_delivered(agent, 2)
+    assert report["delivery"]["problem"] is None
+    assert len(clean_platform.stored_instances()) == 12
+
+
+def test_nothing_is_uploaded_outside_the_upload_window(tmp_path: Path, clean_platform: Platform) -> None:
+    """A window that opens in two hours: the study is de-identified and waits, queued."""
+    now = datetime.now()
+    opens = (now.hour + 2) % 24
+    window = f"{opens:02d}:00-{opens:02d}:30"
+    with agent_for(tmp_path / "agent", clean_platform, platform__upload_window=window) as agent:
+        send_studies(tmp_path, agent, PATIENTS[:1])
+        report = wait_for(lambda: (r := agent.status())["studies"].get("queued") == 1 and r, 60, 0.3, "queued")
+        time.sleep(3)  # several rounds of the delivery loop
+        report = agent.status()
+    assert report["studies"].get("queued") == 1
+    assert report["delivery"]["upload_window"] == window
+    assert not clean_platform.stored_sop_instance_uids()
