@@ -293,3 +293,22 @@ def test_nothing_is_uploaded_outside_the_upload_window(tmp_path: Path, clean_pla
     assert report["studies"].get("queued") == 1
     assert report["delivery"]["upload_window"] == window
     assert not clean_platform.stored_sop_instance_uids()
+
+
+def test_a_follow_up_instance_is_delivered_with_an_updated_manifest(tmp_path: Path, clean_platform: Platform) -> None:
+    """An instance arriving after its study was delivered is sent as a follow-up of the same
+    pseudonymous study; the manifest PUT again lists every instance the platform holds."""
+    study = make_study(PATIENTS[0], n_series=1, n_per_series=4)
+    files = [write(ds, tmp_path / "pacs" / f"{i}.dcm") for i, ds in enumerate(study)]
+    with agent_for(tmp_path / "agent", clean_platform) as agent:
+        assert storescu(agent.port, files[:3]).returncode == 0
+        wait_delivered(agent, 1)
+        first = json.loads(next(iter(clean_platform.put_files("manifests").values())))
+        assert storescu(agent.port, files[3:]).returncode == 0
+        wait_for(lambda: len(clean_platform.stored_sop_instance_uids()) == 4 and
+                 agent.status()["studies"].get("purged") == 1, 60, 0.3, "the follow-up delivered")
+    manifests = clean_platform.put_files("manifests")
+    assert len(manifests) == 1
+    second = json.loads(next(iter(manifests.values())))
+    assert second["study_instance_uid"] == first["study_instance_uid"]
+    assert first["instance_count"] == 3 and second["instance_count"] == 4
