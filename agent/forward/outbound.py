@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 
 from agent import __version__, log
 from agent.config import ClinicalConfig
@@ -118,7 +119,7 @@ class Forwarder:
             for study_key in self.state.due_studies():
                 if self._stop.is_set():
                     return worked
-                self.deliver(study_key)
+                self._deliver_one(study_key)
                 worked = True
             for batch, held in self.state.due_clinical():
                 self.upload_clinical(batch, held)
@@ -143,6 +144,27 @@ class Forwarder:
               retry_in_s=round(wait, 1))
 
     # -- studies ----------------------------------------------------------------------------
+
+    def _deliver_one(self, study_key: str) -> None:
+        """Deliver a study. A de-identified copy gone or damaged in the outbox is made again from
+        the spool (the pipeline writes the same bytes under the same name); the platform's
+        failures go up, to pause every upload."""
+        try:
+            self.deliver(study_key)
+        except DeliveryError:
+            raise
+        except (OSError, InvalidDicomError) as exc:
+            damaged = [row.sop_key for row in self.state.instances_in(study_key, "deidentified")
+                       if not _readable(self.outbox / (row.output or ""))]
+            if damaged:
+                self.state.redo_instances(study_key, damaged)
+                _log.error("outbox_copy_unreadable", study_key=study_key, instances=len(damaged),
+                           action="de-identified again from the spool")
+                return
+            wait = self.client.backoff.delay(self.state.delivery_attempts(study_key))
+            self.state.delivery_postponed(study_key, time.time() + wait, f"outbox unreadable: {type(exc).__name__}")
+            _log.error("study_delivery_postponed", study_key=study_key, detail="outbox unreadable",
+                       error=type(exc).__name__, retry_in_s=round(wait, 1))
 
     def deliver(self, study_key: str) -> str:
         """Send a queued study's instances not yet acknowledged, then its manifest. Raises
@@ -255,6 +277,14 @@ class Forwarder:
         csv_path.unlink(missing_ok=True)
         self.state.clinical_uploaded(batch)
         _log.info("clinical_batch_uploaded", batch=batch)
+
+
+def _readable(path: Path) -> bool:
+    try:
+        dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        return True
+    except (OSError, InvalidDicomError):
+        return False
 
 
 def _remove_empty_folders(folder: Path, root: Path) -> None:

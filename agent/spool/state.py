@@ -308,6 +308,18 @@ class State:
             self._audit(db, time.time(), study_key, None, "delivery_postponed", problem)
             return int(db.execute("SELECT attempts FROM deliveries WHERE study_key = ?", (study_key,)).fetchone()[0])
 
+    def redo_instances(self, study_key: str, sop_keys: list[str]) -> None:
+        """De-identify these instances again (their outbox copy is gone): back to received, and
+        the study back to stable so the pipeline takes it at once."""
+        now = time.time()
+        with self._tx() as db:
+            for sop_key in sop_keys:
+                db.execute("UPDATE instances SET state = 'received', output = NULL WHERE sop_key = ?"
+                           " AND state = 'deidentified'", (sop_key,))
+                self._audit(db, now, study_key, sop_key, "instance_redo", "outbox copy unreadable")
+            db.execute("UPDATE studies SET state = 'stable', updated_at = ? WHERE study_key = ? AND state = 'queued'",
+                       (now, study_key))
+
     def sent_instances(self, study_key: str) -> list[tuple[str, str, int, float]]:
         """(output path, sha256, size, sent_at) of every instance of the study the platform holds."""
         return list(self._db().execute(

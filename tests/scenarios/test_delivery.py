@@ -312,3 +312,22 @@ def test_a_follow_up_instance_is_delivered_with_an_updated_manifest(tmp_path: Pa
     second = json.loads(next(iter(manifests.values())))
     assert second["study_instance_uid"] == first["study_instance_uid"]
     assert first["instance_count"] == 3 and second["instance_count"] == 4
+
+
+def test_an_outbox_copy_lost_before_delivery_is_made_again_from_the_spool(tmp_path: Path,
+                                                                         clean_platform: Platform) -> None:
+    clean_platform.stop()
+    try:
+        with agent_for(tmp_path / "agent", clean_platform) as agent:
+            files = send_studies(tmp_path, agent, PATIENTS[:1])
+            wait_for(lambda: agent.status()["delivery"]["problem"], 60, 0.3, "the platform found down")
+            lost = agent.outbox_files()[2]
+            lost.unlink()
+            clean_platform.start()
+            wait_delivered(agent, 1)
+            log = agent.log_text()
+    finally:
+        if not clean_platform.running:
+            clean_platform.start()
+    assert "outbox_copy_unreadable" in log
+    assert len(clean_platform.stored_instances()) == len(files)
