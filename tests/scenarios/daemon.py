@@ -39,6 +39,10 @@ def port_open(port: int) -> bool:
 class Daemon:
     """A configured agent in `root`; start, stop (SIGTERM), kill (SIGKILL), status."""
 
+    #: Every daemon a test started and did not stop; tests/scenarios/conftest.py kills them after
+    #: each test, so a failed assertion never leaves an agent running.
+    running: set["Daemon"] = set()
+
     def __init__(self, root: Path, **overrides: Any) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -76,6 +80,7 @@ class Daemon:
             stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
         )
         log.close()
+        Daemon.running.add(self)
         # agent_started is logged once every receiver process accepts on the port.
         wait_for(lambda: self._started(log_offset) or self.process.poll() is not None, what="the agent to start")
         assert self.process.poll() is None, self.log_path.read_text()
@@ -86,6 +91,7 @@ class Daemon:
         self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(60)
         self.process = None
+        Daemon.running.discard(self)
         return code
 
     def kill(self) -> None:
@@ -93,6 +99,7 @@ class Daemon:
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
         self.process = None
+        Daemon.running.discard(self)
 
     def children(self) -> list[int]:
         """The daemon's child processes: receivers and de-identification workers."""
