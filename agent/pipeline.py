@@ -1,11 +1,26 @@
 """From stable study to outbox: de-identification in worker processes, whole studies at a time.
 
 A study is stable once nothing has arrived for the quiet period (Orthanc's model). Its pending
-instances are de-identified in a pool of worker processes into a staging folder; if every one
-passes the release gate they move into the outbox, otherwise the whole study goes to quarantine,
-each instance with its reason. The database records the outcome in one transaction, after the
-files are on disk, so a crash at any point leaves the study `stable` and the next round (or the
-next start) does it again, writing the same files under the same names.
+instances are de-identified in a pool of worker processes into a staging folder
+(`outbox/.staging/<study_key>/`); if every one passes the release gate they move into the outbox,
+otherwise the whole study goes to quarantine, each instance with its reason, and its staging
+folder is removed. The database records the outcome in one transaction, after the files are on
+disk, so a crash at any point leaves the study `stable` and the next round (or the next start)
+does it again, writing the same files under the same names.
+
+Early de-identification: while a study is still `receiving`, instances it has already received
+are de-identified into its staging folder by at most `workers - 1` workers, one instance each at
+a time, so that one worker is always free for a study that becomes stable and the receiver
+processes (which the PACS is waiting on) keep CPU. With `workers: 1` nothing is done early. Each
+early result is remembered in memory with the `received_at` of the spooled copy it was made
+from: a resent instance gets a new `received_at`, so its earlier result is never used (and a new
+attempt at an instance starts only once the previous one has finished, so a stale attempt never
+writes over a newer one's staged file). When the study becomes stable, the results that still
+match the database, whose staged files are still there, are used and only the rest is
+de-identified; the decision (publish all or quarantine all), the `os.sync` and the database
+transaction are the same as without it. Nothing is published before the study is stable. The
+memory is lost on a restart: then everything is de-identified again at stable, and staging is
+only scratch.
 """
 
 from __future__ import annotations
@@ -15,7 +30,9 @@ import os
 import shutil
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +43,7 @@ from agent.keys import load_key_file
 from agent.process import InstanceProcessor
 from agent.processes import name_process
 from agent.quarantine import Reason, Refusal, quarantine, write_atomically
-from agent.spool.state import State
+from agent.spool.state import InstanceRow, State
 from agent.spool.store import Spool
 
 _log = log.get("pipeline")
@@ -45,6 +62,26 @@ class InstanceResult:
     pseudonym: str = ""
     output_study: str = ""
     crosswalk: tuple[tuple[str, str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One submission of a spooled instance to the workers, and which copy of it it was for.
+
+    Its result stands for the instance only while the database still says the same study and the
+    same `received_at` (a resend changes `received_at`): the key that makes an early result safe.
+    """
+
+    study_key: str
+    received_at: float
+    future: Future[InstanceResult]
+
+    def is_for(self, row: InstanceRow) -> bool:
+        return self.study_key == row.study_key and self.received_at == row.received_at
+
+    def failed(self) -> bool:
+        """Done without a result (a worker error, or cancelled at shutdown): to be submitted again."""
+        return self.future.done() and (self.future.cancelled() or self.future.exception() is not None)
 
 
 _processor: InstanceProcessor | None = None
@@ -89,7 +126,11 @@ def deidentify_spooled(sop_key: str, spool_path: str, staging: str) -> InstanceR
 
 
 class Pipeline:
-    """Polls for stable studies and processes them; a thread of the daemon, or `run_once` in tests."""
+    """Polls for stable studies and processes them; a thread of the daemon, or `run_once` in tests.
+
+    Only the pipeline's own thread submits work and reads `_attempts`; worker completions merely
+    wake it up (`_wake`) so that an early worker is given its next instance at once.
+    """
 
     def __init__(self, state: State, spool: Spool, *, profile: str, key_file: Path, outbox: Path,
                  quarantine_dir: Path, quiet_period_s: float, workers: int) -> None:
@@ -100,12 +141,17 @@ class Pipeline:
         self.quarantine_dir = quarantine_dir
         self.quiet_period_s = quiet_period_s
         self.workers = workers
+        self.early_workers = workers - 1
         outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
         quarantine_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # spawn: the daemon has threads (the SCP), and forking a threaded process is unsafe; spawned
         # workers are the daemon's own children, so they can tell when it is gone.
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_init_worker, initargs=(profile, key_file, os.getpid()))
+        self._attempts: dict[str, Attempt] = {}  # sop_key -> its latest attempt, until its study is done
+        self._backlog: deque[InstanceRow] = deque()  # instances of receiving studies not yet attempted
+        self._early: set[Future[InstanceResult]] = set()  # early attempts in flight
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -119,20 +165,36 @@ class Pipeline:
     def stop(self, timeout_s: float = 30.0) -> None:
         """Finish the study in hand (or leave it resumable), then stop the workers."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _loop(self, interval_s: float) -> None:
+        """A round every `interval_s`; in between, an early worker that finishes gets its next
+        instance at once (polling alone would leave it idle for most of the interval)."""
         while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception as exc:  # a bad round must not stop the daemon; the state is unchanged
-                _log.error("pipeline_round_failed", error=type(exc).__name__)
-            self._stop.wait(interval_s)
+            self._guarded(self.run_once)
+            deadline = time.monotonic() + interval_s
+            while not self._stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._wake.wait(remaining):
+                    break
+                self._wake.clear()
+                if not self._stop.is_set():
+                    self._guarded(self._top_up)
+
+    @staticmethod
+    def _guarded(step: Callable[[], object]) -> None:
+        try:
+            step()
+        except Exception as exc:  # a bad round must not stop the daemon; the state is unchanged
+            _log.error("pipeline_round_failed", error=type(exc).__name__)
 
     def run_once(self, now: float | None = None) -> int:
-        """Mark quiet studies stable and process every stable study; returns how many were done."""
+        """Mark quiet studies stable and process every stable study, then hand instances of studies
+        still receiving to the early workers; returns how many studies were done."""
+        self._backlog.clear()  # a study in it may be about to become stable
         for study_key in self.state.mark_stable(self.quiet_period_s, now):
             _log.info("study_stable", study_key=study_key)
         done = 0
@@ -141,15 +203,111 @@ class Pipeline:
                 break
             self.process_study(study_key)
             done += 1
+        if not self._stop.is_set():
+            self._plan_early()
+            self._top_up()
         return done
+
+    # -- early de-identification, while a study is receiving ------------------------------------
+
+    def _plan_early(self) -> None:
+        """The instances of receiving studies with no attempt for their current copy, the study
+        that has waited longest for its next instance (so is likely stable first) first."""
+        if self.early_workers < 1:
+            return
+        for study in self.state.studies("receiving"):
+            for row in self.state.pending_instances(study.study_key):
+                attempt = self._attempts.get(row.sop_key)
+                if attempt is None or not attempt.is_for(row):
+                    self._backlog.append(row)
+
+    def _top_up(self) -> None:
+        """Give each free early worker one instance: at most `early_workers` in flight, so work for a
+        study that becomes stable never queues behind more than that."""
+        self._early = {f for f in self._early if not f.done()}
+        while self._backlog and len(self._early) < self.early_workers:
+            row = self._backlog.popleft()
+            previous = self._attempts.get(row.sop_key)
+            if previous is not None and (previous.is_for(row) or not previous.future.done()):
+                continue  # done or under way; or an older copy still in hand: the next round sees it
+            future = self._submit(row).future
+            self._early.add(future)
+            future.add_done_callback(lambda _: self._wake.set())
+
+    def _submit(self, row: InstanceRow) -> Attempt:
+        """Start an attempt at a spooled instance; the caller has made sure no other attempt at the
+        same instance is under way (both would write the same staged file)."""
+        future = self.pool.submit(deidentify_spooled, row.sop_key, str(self.spool.path_of(row.sop_key)),
+                                  str(self.outbox / STAGING / row.study_key))
+        attempt = Attempt(row.study_key, row.received_at, future)
+        self._attempts[row.sop_key] = attempt
+        return attempt
+
+    # -- a stable study ---------------------------------------------------------------------------
+
+    def _results_for(self, rows: list[InstanceRow], staging: Path) -> tuple[list[InstanceResult], int]:
+        """A result per pending instance, in order: an early one where it still stands, otherwise
+        de-identified now. Returns the results and how many came from early attempts."""
+        futures: dict[int, Future[InstanceResult]] = {}
+        waiting: list[int] = []  # an older copy's attempt is still under way: start after it
+        early = 0
+        for index, row in enumerate(rows):
+            previous = self._attempts.get(row.sop_key)
+            if previous is not None and self._still_stands(previous, row, staging):
+                futures[index] = previous.future
+                early += 1
+            elif previous is not None and not previous.future.done():
+                waiting.append(index)
+            else:
+                futures[index] = self._submit(row).future
+        if waiting:
+            wait([self._attempts[rows[index].sop_key].future for index in waiting])
+            for index in waiting:
+                futures[index] = self._submit(rows[index]).future
+        return [futures[index].result() for index in range(len(rows))], early
+
+    @staticmethod
+    def _still_stands(attempt: Attempt, row: InstanceRow, staging: Path) -> bool:
+        """An attempt made for this copy of the instance, not failed, its staged file still there."""
+        if not attempt.is_for(row) or attempt.failed():
+            return False
+        if not attempt.future.done():
+            return True  # under way: its file will be there when it is
+        result = attempt.future.result()
+        return not result.passed or (staging / result.output).is_file()
+
+    def _settle(self, study_key: str) -> None:
+        """Wait for every attempt still writing into this study's staging folder (one made for a
+        copy since replaced, say), so that nothing lands there once it is published or removed."""
+        wait([a.future for a in self._attempts.values() if a.study_key == study_key and not a.future.done()])
+
+    def _forget(self, study_key: str) -> None:
+        """Drop the finished attempts of a study once its staging folder is used up (or may be)."""
+        for sop_key in [k for k, a in self._attempts.items() if a.study_key == study_key and a.future.done()]:
+            del self._attempts[sop_key]
 
     def process_study(self, study_key: str) -> str:
         started = time.monotonic()
         rows = self.state.pending_instances(study_key)
         staging = self.outbox / STAGING / study_key
-        futures = [self.pool.submit(deidentify_spooled, row.sop_key, str(self.spool.path_of(row.sop_key)),
-                                    str(staging)) for row in rows]
-        results = [f.result() for f in futures]
+        try:
+            results, early = self._results_for(rows, staging)
+            self._settle(study_key)
+            state, refused, passed = self._conclude(study_key, rows, results, staging)
+        finally:
+            self._forget(study_key)
+        elapsed = round(time.monotonic() - started, 3)
+        if state == "quarantined":
+            _log.warning("study_quarantined", study_key=study_key, reason=refused[0].reason,
+                         instances=len(results), deidentified_early=early, seconds=elapsed)
+        elif state == "queued":
+            _log.info("study_deidentified", study_key=study_key, output_study=passed[0].output_study if passed else None,
+                      instances=len(results), deidentified_early=early, seconds=elapsed)
+        return state
+
+    def _conclude(self, study_key: str, rows: list[InstanceRow], results: list[InstanceResult],
+                  staging: Path) -> tuple[str, list[InstanceResult], list[InstanceResult]]:
+        """Publish the whole study or quarantine the whole study, then record it in one transaction."""
         refused = [r for r in results if not r.passed]
         outcomes: dict[str, tuple[str, str | None, str | None, str | None]] = {}
         if refused:
@@ -176,14 +334,7 @@ class Pipeline:
             crosswalk=crosswalk,
             expected_received_at={row.sop_key: row.received_at for row in rows},
         )
-        elapsed = round(time.monotonic() - started, 3)
-        if state == "quarantined":
-            _log.warning("study_quarantined", study_key=study_key, reason=refused[0].reason,
-                         instances=len(results), seconds=elapsed)
-        elif state == "queued":
-            _log.info("study_deidentified", study_key=study_key, output_study=passed[0].output_study if passed else None,
-                      instances=len(results), seconds=elapsed)
-        return state
+        return state, refused, passed
 
     @staticmethod
     def _publish(staged: Path, final: Path) -> None:
@@ -193,5 +344,3 @@ class Pipeline:
 
 def outbox_bytes(outbox: Path) -> int:
     return sum(p.stat().st_size for p in outbox.rglob("*.dcm") if STAGING not in p.parts)
-
-
