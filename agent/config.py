@@ -255,6 +255,8 @@ def load(path: Path) -> Config:
     sections = {name: _section(path, name, data.get(name) or {}) for name in _SECTIONS}
     config = Config(**sections, source=path)
     _check_platform(path, config.platform)
+    if config.platform.enabled and config.clinical.enabled and not config.platform.clinical_url:
+        raise ConfigError(f"{path}: platform.clinical_url: required when clinical.schema is set and delivery is on")
     return config
 
 

@@ -89,18 +89,18 @@ class ClinicalIntake:
                                            result.refused_reason.value if result.refused_reason else "refused")
             return "refused"
         held = self.held / f"{batch}.csv"
-        if known is None:
+        if known in (None, "refused"):  # refused before, accepted now: the schema was fixed
             save_file(self.outbox / f"{batch}.csv", result.csv, mode=0o600)
             self.state.record_clinical(batch, "queued", (result.rows_in, result.rows_out, result.rows_rejected),
                                        str(held), None)
             if self.on_queued is not None:
                 self.on_queued()
-        if known in (None, "queued"):
+        if known in (None, "refused", "queued"):
             self._move(path, held)
         else:  # the same file again, already uploaded: nothing new to send
             self.drop.finish(path)
             _log.info("clinical_file_duplicate", batch=batch, state=known)
-        return known or "queued"
+        return "queued" if known in (None, "refused") else known
 
     def _move(self, path: Path, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -28,7 +28,7 @@ from agent import __version__, log
 from agent.config import ClinicalConfig
 from agent.forward.client import PlatformClient
 from agent.forward.deliver import deliver_study
-from agent.forward.errors import DeliveryError
+from agent.forward.errors import DeliveryError, Rejected
 from agent.forward.stow import OutgoingInstance
 from agent.quarantine import Reason, Refusal, quarantine
 from agent.spool.state import InstanceRow, State
@@ -69,6 +69,8 @@ class Forwarder:
         self.provenance = provenance
         self.clinical = clinical
         self._failures = 0  # platform-wide failures in a row
+        # A problem recorded before a restart is shown until a round succeeds.
+        self._problem_shown = state.platform_problem() is not None
         self._paused_until = 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -122,14 +124,15 @@ class Forwarder:
                 self._deliver_one(study_key)
                 worked = True
             for batch, held in self.state.due_clinical():
-                self.upload_clinical(batch, held)
+                self._upload_one(batch, held)
                 worked = True
         except DeliveryError as exc:
             self._platform_failed(exc)
             return False
-        if self._failures:
+        if self._failures or self._problem_shown:
             _log.info("platform_reachable_again", after_failures=self._failures)
             self._failures = 0
+            self._problem_shown = False
             self.state.clear_platform_problem()
         return worked
 
@@ -138,6 +141,7 @@ class Forwarder:
         self._failures += 1
         self._paused_until = time.time() + wait
         self.state.set_platform_problem(exc.kind, str(exc), self._failures, self._paused_until)
+        self._problem_shown = True
         # Authentication and TLS problems need a person: error level, every time (loud, not silent).
         level = _log.error if exc.loud or exc.kind in ("tls", "authentication") else _log.warning
         level("platform_delivery_paused", kind=exc.kind, detail=str(exc), failures_in_a_row=self._failures,
@@ -146,11 +150,17 @@ class Forwarder:
     # -- studies ----------------------------------------------------------------------------
 
     def _deliver_one(self, study_key: str) -> None:
-        """Deliver a study. A de-identified copy gone or damaged in the outbox is made again from
-        the spool (the pipeline writes the same bytes under the same name); the platform's
-        failures go up, to pause every upload."""
+        """Deliver a study; a problem of this study alone never holds back the others.
+
+        A de-identified copy gone or damaged in the outbox is made again from the spool (the
+        pipeline writes the same bytes under the same name). A manifest the platform refuses, or
+        anything unexpected, postpones this study on the backoff schedule, loudly. Failures of the
+        platform as a whole go up, to pause every upload.
+        """
         try:
             self.deliver(study_key)
+        except Rejected as exc:
+            self._postpone(study_key, f"manifest refused: {exc}", exc)
         except DeliveryError:
             raise
         except (OSError, InvalidDicomError) as exc:
@@ -161,10 +171,15 @@ class Forwarder:
                 _log.error("outbox_copy_unreadable", study_key=study_key, instances=len(damaged),
                            action="de-identified again from the spool")
                 return
-            wait = self.client.backoff.delay(self.state.delivery_attempts(study_key))
-            self.state.delivery_postponed(study_key, time.time() + wait, f"outbox unreadable: {type(exc).__name__}")
-            _log.error("study_delivery_postponed", study_key=study_key, detail="outbox unreadable",
-                       error=type(exc).__name__, retry_in_s=round(wait, 1))
+            self._postpone(study_key, f"outbox unreadable: {type(exc).__name__}", exc)
+        except Exception as exc:
+            self._postpone(study_key, f"unexpected: {type(exc).__name__}", exc)
+
+    def _postpone(self, study_key: str, problem: str, exc: BaseException) -> None:
+        wait = self.client.backoff.delay(self.state.delivery_attempts(study_key))
+        self.state.delivery_postponed(study_key, time.time() + wait, problem)
+        _log.error("study_delivery_postponed", study_key=study_key, detail=problem, error=type(exc).__name__,
+                   retry_in_s=round(wait, 1))
 
     def deliver(self, study_key: str) -> str:
         """Send a queued study's instances not yet acknowledged, then its manifest. Raises
@@ -176,6 +191,10 @@ class Forwarder:
                 return delivery
         if self.state.instances_in(study_key, "deidentified"):
             return "queued"
+        if not self.state.sent_instances(study_key):  # the platform refused every instance
+            self.state.quarantine_study(study_key, Reason.PLATFORM_REJECTED.value)
+            _log.warning("study_quarantined", study_key=study_key, reason=Reason.PLATFORM_REJECTED.value)
+            return "quarantined"
         self._send_manifest(study_key)
         if self.state.study_delivered(study_key):
             self._purge(study_key)
@@ -203,6 +222,9 @@ class Forwarder:
             quarantine(self.quarantine_dir, sop_key, self.spool.path_of(sop_key).read_bytes(),
                        Refusal(Reason.PLATFORM_REJECTED, detail), profile=self.provenance.profile)
         self.state.record_sent(study_key, sent, refused)
+        for sop_key in refused:  # the quarantine holds the source; a released study is redone
+            row = next(r for r in rows if r.sop_key == sop_key)
+            (self.outbox / (row.output or "")).unlink(missing_ok=True)
         for sop_key, (_, detail) in refused.items():
             _log.warning("instance_refused_by_platform", study_key=study_key, sop_key=sop_key, detail=detail)
         if delivery.error is not None:
@@ -219,8 +241,7 @@ class Forwarder:
     def manifest(self, study_key: str) -> tuple[str, bytes]:
         """The study's pseudonymous UID and manifest: what the platform should hold, and how it was made."""
         sent = self.state.sent_instances(study_key)
-        study = self.state.study(study_key)
-        assert study is not None and sent
+        assert sent
         instances = []
         series: dict[str, int] = {}
         for output, sha256, size, _ in sent:
@@ -232,7 +253,6 @@ class Forwarder:
         document = {
             "manifest_version": MANIFEST_VERSION,
             "study_instance_uid": study_uid,
-            "patient_pseudonym": study.pseudonym,
             "instance_count": len(instances),
             "series": [{"series_instance_uid": uid, "instance_count": n} for uid, n in sorted(series.items())],
             "instances": instances,
@@ -263,6 +283,21 @@ class Forwarder:
         _log.info("study_delivered", study_key=study_key, purged_instances=len(keys))
 
     # -- clinical batches -------------------------------------------------------------------
+
+    def _upload_one(self, batch: str, held: str | None) -> None:
+        """Upload a batch; a batch the platform refuses is refused on site too (the original moves
+        to rejects/refused), so it never blocks the others."""
+        try:
+            self.upload_clinical(batch, held)
+        except Rejected as exc:
+            target = None
+            if held is not None and Path(held).exists() and self.clinical is not None:
+                target = self.clinical.rejects / "refused" / f"{batch}.csv"
+                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                shutil.move(held, target)
+            (self.outbox / CLINICAL_OUTBOX / f"{batch}.csv").unlink(missing_ok=True)
+            self.state.clinical_refused(batch, f"platform refused it: {exc}")
+            _log.error("clinical_batch_refused_by_platform", batch=batch, detail=str(exc))
 
     def upload_clinical(self, batch: str, held: str | None) -> None:
         """PUT a pseudonymised CSV, then archive or delete the original it came from."""

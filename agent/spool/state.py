@@ -320,6 +320,15 @@ class State:
             db.execute("UPDATE studies SET state = 'stable', updated_at = ? WHERE study_key = ? AND state = 'queued'",
                        (now, study_key))
 
+    def quarantine_study(self, study_key: str, reason: str) -> None:
+        """Every instance was refused downstream: the study is quarantined, with that reason."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE studies SET state = 'quarantined', reason = ?, updated_at = ? WHERE study_key = ?",
+                       (reason, now, study_key))
+            db.execute("DELETE FROM deliveries WHERE study_key = ?", (study_key,))
+            self._audit(db, now, study_key, None, "study_quarantined", reason)
+
     def sent_instances(self, study_key: str) -> list[tuple[str, str, int, float]]:
         """(output path, sha256, size, sent_at) of every instance of the study the platform holds."""
         return list(self._db().execute(
@@ -384,7 +393,10 @@ class State:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO clinical_batches (batch, state, rows_in, rows_out, rows_rejected, held, reason,"
-                " received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (batch) DO NOTHING",
+                " received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (batch) DO UPDATE SET"
+                " state = excluded.state, rows_in = excluded.rows_in, rows_out = excluded.rows_out,"
+                " rows_rejected = excluded.rows_rejected, held = excluded.held, reason = excluded.reason,"
+                " updated_at = excluded.updated_at WHERE clinical_batches.state = 'refused'",
                 (batch, state, *rows, held, reason, now, now))
             self._audit(db, now, None, None, f"clinical_{state}", batch)
 
@@ -398,6 +410,13 @@ class State:
             db.execute("UPDATE clinical_batches SET state = 'uploaded', held = NULL, updated_at = ? WHERE batch = ?",
                        (now, batch))
             self._audit(db, now, None, None, "clinical_uploaded", batch)
+
+    def clinical_refused(self, batch: str, reason: str) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE clinical_batches SET state = 'refused', held = NULL, reason = ?, updated_at = ?"
+                       " WHERE batch = ?", (reason, now, batch))
+            self._audit(db, now, None, None, "clinical_refused", batch)
 
     def clinical_counts(self) -> dict[str, int]:
         return dict(self._db().execute("SELECT state, COUNT(*) FROM clinical_batches GROUP BY state").fetchall())

@@ -331,3 +331,40 @@ def test_an_outbox_copy_lost_before_delivery_is_made_again_from_the_spool(tmp_pa
             clean_platform.start()
     assert "outbox_copy_unreadable" in log
     assert len(clean_platform.stored_instances()) == len(files)
+
+
+def test_a_study_the_platform_refuses_whole_is_quarantined_and_does_not_block_the_next(
+        tmp_path: Path, clean_platform: Platform) -> None:
+    agent = agent_for(tmp_path / "agent", clean_platform)
+    names = Pseudonymiser(load_key_file(agent.root / "site.key"), PseudonymSettings())
+    refused_study = make_study(PATIENTS[0], n_series=1, n_per_series=2)
+    clean_platform.reject_sop_instances({names.uid(str(ds.SOPInstanceUID)) for ds in refused_study})
+    with agent:
+        assert storescu(agent.port, [write(ds, tmp_path / "a" / f"{i}.dcm")
+                                     for i, ds in enumerate(refused_study)]).returncode == 0
+        files = send_studies(tmp_path, agent, PATIENTS[1:])
+        report = wait_for(lambda: (r := agent.status())["studies"].get("purged") == 1 and
+                          r["studies"].get("quarantined") == 1 and r, 90, 0.3, "one delivered, one quarantined")
+    assert [q["reason"] for q in report["quarantine"]] == ["platform_rejected"]
+    assert len(clean_platform.stored_instances()) == len(files)
+    assert len(clean_platform.put_files("manifests")) == 1
+
+
+def test_a_platform_problem_shown_before_a_restart_clears_once_delivery_works(tmp_path: Path,
+                                                                             clean_platform: Platform) -> None:
+    clean_platform.stop()
+    try:
+        agent = agent_for(tmp_path / "agent", clean_platform).start()
+        send_studies(tmp_path, agent, PATIENTS[:1])
+        wait_for(lambda: agent.status()["delivery"]["problem"], 60, 0.3, "the platform found down")
+        agent.stop()
+        clean_platform.start()
+        agent.start()
+        report = wait_delivered(agent, 1)
+        report = wait_for(lambda: (r := agent.status())["delivery"]["problem"] is None and r, 30, 0.3,
+                          "the problem cleared")
+        agent.stop()
+    finally:
+        if not clean_platform.running:
+            clean_platform.start()
+    assert report["studies"] == {"purged": 1}
