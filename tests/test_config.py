@@ -109,6 +109,20 @@ def test_serve_refuses_a_token_file_others_can_read(tmp_path: Path) -> None:
     assert "secret-token-value" not in run.stderr + run.stdout
 
 
+def test_packaged_config_shows_every_key_the_example_shows() -> None:
+    """The packaged service's config is the example with system paths: no key missing from it."""
+    def keys(path: Path) -> list[str]:
+        found, section = [], ""
+        for line in path.read_text().splitlines():
+            if line and not line.startswith((" ", "#")) and line.rstrip().endswith(":"):
+                section = line.rstrip()[:-1]
+            elif line.startswith("  ") and not line.strip().startswith(("#", "-")) and ":" in line:
+                found.append(f"{section}.{line.split(':')[0].strip()}")
+        return found
+
+    assert keys(REPO / "packaging" / "config.yaml") == keys(REPO / "config.example.yaml")
+
+
 def test_packaged_config_keeps_state_under_var_lib() -> None:
     """The packaged service's config loads and keeps everything under /var/lib/nmip-agent."""
     config = load(REPO / "packaging" / "config.yaml")

@@ -7,8 +7,9 @@
     ├── PlatformError           server          5xx, 429, 408, or an answer that shows a wrong URL (loud)
     └── Rejected                rejected        the platform refuses this content: not transient
 
-Authentication and TLS failures are transient too: the operator fixes a certificate or a token
-and the next attempt succeeds, so nothing is dropped and delivery never stops for good; `loud`
+Authentication and TLS failures are transient too: nothing is dropped and delivery never stops
+for good. A new token file is read at the next attempt; a new CA bundle, client certificate or
+key, or OAuth2 secret is read when the agent restarts. `loud`
 says they need a person, and the client logs them at error level. Messages name the platform's
 host, the HTTP status and the config key to look at, never a token, a header or a URL path.
 """
