@@ -160,7 +160,7 @@ class Forwarder:
         try:
             self.deliver(study_key)
         except Rejected as exc:
-            self._postpone(study_key, f"manifest refused: {exc}", exc)
+            self._postpone(study_key, f"refused by the platform: {exc}", exc)
         except DeliveryError:
             raise
         except (OSError, InvalidDicomError) as exc:
