@@ -21,6 +21,11 @@ de-identified; the decision (publish all or quarantine all), the `os.sync` and t
 transaction are the same as without it. Nothing is published before the study is stable. The
 memory is lost on a restart: then everything is de-identified again at stable, and staging is
 only scratch.
+
+Workers run at nice 10 (`WORKER_NICE`), so receiving keeps priority over de-identification, and
+the pipeline wakes up when the next receiving study's quiet period ends rather than polling for
+it. On 2 cores this took a 300-slice study from 3.9 s to 2.8 s end to end, quiet period excluded
+(docs/performance.md, Ingest).
 """
 
 from __future__ import annotations
