@@ -3,7 +3,7 @@
     .venv/bin/python bench/ingest.py                # about 2 minutes on 2 cores
     .venv/bin/python bench/ingest.py --json         # figures as JSON on stdout, progress on stderr
     .venv/bin/python bench/ingest.py --files 100 --rounds 5 --skip-memory
-    .venv/bin/python bench/ingest.py --phases C     # only the end-to-end phase (about 20 s)
+    .venv/bin/python bench/ingest.py --phases C     # only phase C, end to end
     .venv/bin/python bench/ingest.py --stages       # where the agent's C-STORE handler spends its time
 
 What it does, all in one run on one machine (so the machine's speed cancels out of the ratios):
