@@ -275,7 +275,8 @@ def run_floor(client: httpx.Client, url: str, token_header: dict[str, str], file
 
 
 def run_agent(site: AgentSite) -> None:
-    """One round of the daemon's delivery loop: due studies delivered, manifests PUT, purged."""
+    """One round of the daemon's delivery loop: due studies delivered and manifests PUT (the
+    purge runs in the purger thread)."""
     if not site.forwarder.run_once():
         raise SystemExit("bench: Forwarder.run_once found nothing to deliver")
 
@@ -336,7 +337,7 @@ class Timing:
     seconds: float
     client_cpu_s: float  # this process: the floor's loop or the agent's Forwarder
     platform_cpu_s: float  # nginx and Orthanc
-    purge_s: float = 0.0  # the agent's: Forwarder._purge, within `seconds`
+    purge_s: float = 0.0  # the agent's: Forwarder._purge, in its own thread (overlapping `seconds`)
 
 
 def timed(fn: Callable[..., object], *args: object) -> Timing:
@@ -363,9 +364,14 @@ def agent_round(central: Platform, prepared: Prepared, root: Path, batch_size: i
     site = build_site(root, prepared, platform_config(central, batch_size))
     spent: dict[str, float] = {}
     try:
-        # The purge alone is timed too: its unlinks cost what the filesystem makes them cost.
+        # As in the daemon, the purge runs in its own thread (Forwarder.start_purger): the timed
+        # delivery ends when the manifest is acknowledged and the study `delivered`. The purge's
+        # own time (its unlinks cost what the filesystem makes them cost) is reported beside it,
+        # and the round waits for it, untimed, before checking that nothing is left.
         with wrapped([(Forwarder, "_purge", "purge")], spent):
+            site.forwarder.start_purger()
             timing = timed(run_agent, site)
+            site.forwarder.stop()
         check_agent(site, prepared, central)
     finally:
         site.close()
@@ -607,9 +613,9 @@ def figures_of(timings: dict[str, list[Timing]], n: int, sent_bytes: int, args: 
         "target_ratio": TARGET_RATIO,
         "agent_purge_ms_per_instance": round(med("agent", "purge_s") / n * 1000, 2),
         "agent_purge_seconds": [round(t.purge_s, 3) for t in timings["agent"]],
-        # What the agent's delivery costs before its purge (the unlinks are the filesystem's price).
-        "ratio_without_purge": round(med("floor", "seconds") / statistics.median(
-            t.seconds - t.purge_s for t in timings["agent"]), 3),
+        # Were the purge in line (before start_purger): delivery time plus the purge's.
+        "ratio_purge_in_line": round(med("floor", "seconds") / statistics.median(
+            t.seconds + t.purge_s for t in timings["agent"]), 3),
     }
     figures["meets_target"] = figures["ratio"] >= TARGET_RATIO
     return figures
@@ -630,9 +636,10 @@ def print_table(f: dict[str, Any]) -> None:
         ratio = 1.0 if k == "floor" else f["ratio"]
         print(f"{label:34} {rate[k]:>8.1f} {mb[k]:>6.1f} {ratio:>6.2f} {cpu[k]:>19.2f} {cores[k]:>6.2f} "
               f"{plat[k]:>21.2f}")
-    print(f"agent's purge (unlinking the spool and outbox copies): {f['agent_purge_ms_per_instance']:.2f} ms per "
-          f"instance (" + ", ".join(f"{x:.2f}" for x in f["agent_purge_seconds"]) + " s a round); "
-          f"ratio without it {f['ratio_without_purge']:.2f}")
+    print(f"agent's purge, in its own thread (unlinking the spool and outbox copies): "
+          f"{f['agent_purge_ms_per_instance']:.2f} ms per instance ("
+          + ", ".join(f"{x:.2f}" for x in f["agent_purge_seconds"]) + " s a round); "
+          f"ratio were it in line {f['ratio_purge_in_line']:.2f}")
     print("seconds per round: " + "; ".join(f"{k} " + ", ".join(f"{x:.2f}" for x in v) for k, v in f["seconds"].items()))
     print(f"target: agent >= {f['target_ratio']} of the floor: {'yes' if f['meets_target'] else 'NO'}")
     busy = f["loadavg_before"][0] >= 0.5 or f["other_processes_cpu_share"] >= 0.05
