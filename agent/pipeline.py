@@ -143,8 +143,11 @@ class Pipeline:
     """
 
     def __init__(self, state: State, spool: Spool, *, profile: str, key_file: Path, outbox: Path,
-                 quarantine_dir: Path, quiet_period_s: float, workers: int) -> None:
+                 quarantine_dir: Path, quiet_period_s: float, workers: int,
+                 hold_early: Callable[[], bool] | None = None) -> None:
         self.state = state
+        # True while receiving needs every core (several associations at once): no early work then.
+        self.hold_early = hold_early
         self.spool = spool
         self.profile = profile
         self.outbox = outbox
@@ -248,6 +251,8 @@ class Pipeline:
         """Give each free early worker one instance: at most `early_workers` in flight, so work for a
         study that becomes stable never queues behind more than that."""
         self._early = {f for f in self._early if not f.done()}
+        if self.hold_early is not None and self.hold_early():
+            return  # the backlog waits; the next round (0.1 s) looks again
         while self._backlog and len(self._early) < self.early_workers:
             row = self._backlog.popleft()
             previous = self._attempts.get(row.sop_key)

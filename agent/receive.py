@@ -344,6 +344,10 @@ class ReceiverProcesses:
     def port(self) -> int:
         return int(self._listener.getsockname()[1]) if self._listener is not None else self.config.receive.port
 
+    def open_associations(self) -> int:
+        """Associations open across the receiver processes now."""
+        return sum(self._shared.associations[:])
+
     def start(self, timeout_s: float = 60.0) -> None:
         """Returns once every receiver process accepts on the port."""
         self._listener = open_listener(self.config.receive)
