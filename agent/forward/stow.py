@@ -197,6 +197,9 @@ class StowResponse:
 def parse_stow_response(content_type: str, body: bytes) -> StowResponse | None:
     """Read a DICOM JSON (PS3.18 F.2) or Native DICOM Model XML (PS3.19 A.1) answer; None if neither."""
     media = content_type.split(";", 1)[0].strip().lower()
+    if not media:  # Orthanc's DICOMweb 1.7 answers 409 without a Content-Type: go by the body
+        start = body.lstrip()[:1]
+        media = DICOM_JSON if start in (b"{", b"[") else "application/dicom+xml" if start == b"<" else ""
     try:
         if media in (DICOM_JSON, "application/json"):
             return _from_json(json.loads(body))

@@ -175,6 +175,30 @@ def test_store_instances_reports_each_instance(central: Platform, client: Platfo
     assert not outcome.rejected and not outcome.refused and not outcome.all_stored
 
 
+def test_failure_reasons_the_platform_gives_are_read_per_instance(central: Platform, client: PlatformClient,
+                                                                  study: list[Dataset]) -> None:
+    """A real FailedSOPSequence from the platform: with STOW-RS pinned to one study (nginx
+    forwards to /studies/{uid}), DICOMweb 1.7 refuses each part of another study with
+    FailureReason 0x0110 under HTTP 409 and no Content-Type, and stores the rest. The refused
+    instances are rejected with the server's reason, after one more try alone (0x0110 is too
+    generic to pin on one part of a request of several)."""
+    other = make_study(Patient(patient_id="OTHER0001"), n_series=1, n_per_series=2, plant=False)
+    batch = outgoing(study[:3]) + outgoing(other)
+    central.refuse_stow_except_study(str(study[0].StudyInstanceUID))
+    try:
+        outcome = client.store_instances(batch)
+        delivery = deliver_study(client, batch, 50)
+    finally:
+        central.refuse_stow_except_study(None)
+    assert outcome.status_code == 409
+    assert sorted(outcome.stored) == sorted(i.sop_instance_uid for i in batch[:3])
+    assert sorted(f.sop_instance_uid for f in outcome.rejected) == sorted(i.sop_instance_uid for i in batch[3:])
+    assert {f.reason for f in outcome.rejected} == {0x0110}
+    assert sorted(f.sop_instance_uid for f in delivery.rejected) == sorted(i.sop_instance_uid for i in batch[3:])
+    assert all(f.reason == 0x0110 and "0x0110" in f.detail for f in delivery.rejected)
+    assert not delivery.transient and central.stored_sop_instance_uids() == {i.sop_instance_uid for i in batch[:3]}
+
+
 # -- manifests and clinical tables -----------------------------------------------------------
 
 

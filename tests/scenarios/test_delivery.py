@@ -368,3 +368,21 @@ def test_a_platform_problem_shown_before_a_restart_clears_once_delivery_works(tm
         if not clean_platform.running:
             clean_platform.start()
     assert report["studies"] == {"purged": 1}
+
+
+def test_the_platforms_failure_reason_is_kept_with_the_quarantined_instances(tmp_path: Path,
+                                                                            clean_platform: Platform) -> None:
+    """STOW-RS pinned to another study: DICOMweb 1.7 refuses every instance with FailureReason
+    0x0110. Each goes to quarantine with that reason as its detail; the study is quarantined."""
+    clean_platform.refuse_stow_except_study("1.2.3")
+    try:
+        with agent_for(tmp_path / "agent", clean_platform) as agent:
+            files = send_studies(tmp_path, agent, PATIENTS[:1])
+            report = wait_for(lambda: (r := agent.status())["studies"].get("quarantined") == 1 and r, 90, 0.3,
+                              "the study quarantined")
+            reasons = [json.loads(p.read_text()) for p in (agent.root / "quarantine").rglob("*.json")]
+    finally:
+        clean_platform.refuse_stow_except_study(None)
+    assert report["delivery"]["instances_refused_by_platform"] == len(files) == len(reasons)
+    assert all(r["reason"] == "platform_rejected" and "0x0110" in r["detail"] for r in reasons)
+    assert not clean_platform.stored_sop_instance_uids() and not clean_platform.put_files("manifests")
