@@ -386,3 +386,15 @@ def test_the_platforms_failure_reason_is_kept_with_the_quarantined_instances(tmp
     assert report["delivery"]["instances_refused_by_platform"] == len(files) == len(reasons)
     assert all(r["reason"] == "platform_rejected" and "0x0110" in r["detail"] for r in reasons)
     assert not clean_platform.stored_sop_instance_uids() and not clean_platform.put_files("manifests")
+
+
+def test_a_csv_dropped_while_the_agent_was_down_is_taken_at_start(tmp_path: Path, clean_platform: Platform) -> None:
+    """No .done marker and no watchdog event to catch: the start-up sweep finds it once its size
+    has stayed the same for clinical.stable_s."""
+    agent = agent_for(tmp_path / "agent", clean_platform, clinical=True)
+    (agent.root / "drop").mkdir(mode=0o700)
+    (agent.root / "drop" / "export.csv").write_text("\n".join((CSV_HEADER, *CSV_ROWS)) + "\n")
+    with agent:
+        wait_for(lambda: agent.status()["clinical_batches"].get("uploaded") == 1, 30, 0.3, "the CSV uploaded")
+    rows = next(iter(clean_platform.put_files("clinical").values())).decode().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("patient_pseudonym,")
