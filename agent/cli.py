@@ -266,12 +266,13 @@ def _print_delivery(delivery: dict[str, Any], clinical: dict[str, int]) -> None:
 
 @quarantine_app.command("list")
 def quarantine_list(config: ConfigFile) -> None:
-    """Quarantined studies: key, reason, instances."""
+    """Quarantined studies, and delivered ones with instances the platform refused: key, reason, instances."""
     from agent import config as config_module
     from agent.operate import status as read_status
 
     for entry in read_status(config_module.load(config))["quarantine"]:
-        out.print(f"{entry['study_key']}  {entry['reason']}  {entry['instances']} instance(s)")
+        rest = "" if entry["study_state"] == "quarantined" else f"  (the rest of the study: {entry['study_state']})"
+        out.print(f"{entry['study_key']}  {entry['reason']}  {entry['instances']} instance(s){rest}")
 
 
 @quarantine_app.command("show")

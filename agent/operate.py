@@ -13,14 +13,10 @@ from typing import Any
 
 from agent.config import Config
 from agent.pipeline import outbox_bytes
-from agent.spool.state import State
+from agent.spool.state import State, StudyRow
 from agent.spool.store import Spool
 
 _MB = 1024 * 1024
-
-
-def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
 
 
 def status(config: Config) -> dict[str, Any]:
@@ -29,11 +25,7 @@ def status(config: Config) -> dict[str, Any]:
     try:
         counts = state.counts()
         oldest = state.oldest("queued")
-        quarantined = [
-            {"study_key": s.study_key, "reason": s.reason, "since": s.updated_at,
-             "instances": len(state.instances(s.study_key))}
-            for s in state.studies("quarantined")
-        ]
+        quarantined = [_quarantine_entry(state, s) for s in state.studies_with_quarantine()]
         spool_used = state.spool_bytes()
         problem = state.platform_problem()
         clinical = state.clinical_counts()
@@ -71,6 +63,13 @@ def _delivery(config: Config, problem: dict[str, Any] | None, refused: int) -> d
         report["problem"] = {**problem, "since_s": round(time.time() - float(problem["since"]), 1),
                              "next_attempt_in_s": max(0.0, round(float(problem["next_attempt_at"]) - time.time(), 1))}
     return report
+
+
+def _quarantine_entry(state: State, study: StudyRow) -> dict[str, Any]:
+    """A study in quarantine, or a delivered one with instances the platform refused."""
+    held = [i for i in state.instances(study.study_key) if i.state == "quarantined"]
+    return {"study_key": study.study_key, "reason": study.reason or (held[0].reason if held else None),
+            "since": study.updated_at, "instances": len(held), "study_state": study.state}
 
 
 def show(config: Config, study_key: str) -> dict[str, Any] | None:

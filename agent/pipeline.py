@@ -371,4 +371,14 @@ class Pipeline:
 
 
 def outbox_bytes(outbox: Path) -> int:
-    return sum(p.stat().st_size for p in outbox.rglob("*.dcm") if STAGING not in p.parts)
+    """Bytes waiting in the outbox. The daemon publishes and purges while this runs (from
+    `status`, another process): a file or folder gone meanwhile is simply not counted."""
+    total = 0
+    for folder, subfolders, names in os.walk(outbox):  # os.walk skips folders that vanish
+        subfolders[:] = [d for d in subfolders if d != STAGING]
+        for name in names:
+            try:
+                total += os.stat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total

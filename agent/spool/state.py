@@ -438,6 +438,12 @@ class State:
         query = "SELECT * FROM studies" + (" WHERE state = ?" if state else "") + " ORDER BY updated_at"
         return [StudyRow(*r) for r in self._db().execute(query, (state,) if state else ())]
 
+    def studies_with_quarantine(self) -> list[StudyRow]:
+        """Quarantined studies, and studies (delivered, say) with some instance in quarantine."""
+        return [StudyRow(*r) for r in self._db().execute(
+            "SELECT * FROM studies WHERE state = 'quarantined' OR study_key IN"
+            " (SELECT study_key FROM instances WHERE state = 'quarantined') ORDER BY updated_at")]
+
     def study(self, study_key: str) -> StudyRow | None:
         row = self._db().execute("SELECT * FROM studies WHERE study_key = ?", (study_key,)).fetchone()
         return None if row is None else StudyRow(*row)
@@ -454,6 +460,8 @@ class State:
                 "UPDATE instances SET state = 'received', reason = NULL, detail = NULL, output = NULL"
                 " WHERE study_key = ? AND state = 'quarantined'", (study_key,),
             ).rowcount
+            if not count:
+                return 0
             db.execute("UPDATE studies SET state = 'stable', reason = NULL, updated_at = ? WHERE study_key = ?",
                        (now, study_key))
             self._audit(db, now, study_key, None, "study_released", f"{count} instance(s)")

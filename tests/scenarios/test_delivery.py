@@ -13,6 +13,8 @@ import hashlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -239,6 +241,27 @@ def test_an_instance_the_platform_refuses_is_quarantined_and_the_rest_delivered(
     assert len(quarantined) == 1 and json.loads(quarantined[0].read_text())["reason"] == "platform_rejected"
     manifest = json.loads(next(iter(clean_platform.put_files("manifests").values())))
     assert manifest["instance_count"] == 4 and manifest["quarantined_on_site"] == 1
+    [entry] = report["quarantine"]
+    assert entry["reason"] == "platform_rejected" and entry["instances"] == 1 and entry["study_state"] == "purged"
+
+    # The platform fixes its side; the operator releases the instance; it is delivered after all.
+    clean_platform.reject_sop_instances(set())
+    with agent:
+        listed = nmip("quarantine", "list", "--config", str(agent.config_path))
+        assert entry["study_key"] in listed and "platform_rejected" in listed
+        nmip("quarantine", "release", entry["study_key"], "--config", str(agent.config_path))
+        wait_for(lambda: len(clean_platform.stored_sop_instance_uids()) == 5 and
+                 agent.status()["studies"] == {"purged": 1}, 60, 0.3, "the released instance delivered")
+        report = agent.status()
+    assert report["quarantine"] == [] and report["delivery"]["instances_refused_by_platform"] == 0
+    manifest = json.loads(next(iter(clean_platform.put_files("manifests").values())))
+    assert manifest["instance_count"] == 5 and manifest["quarantined_on_site"] == 0
+
+
+def nmip(*args: str) -> str:
+    run = subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
 
 
 def test_bad_rows_are_reported_on_site_and_a_wrong_header_refuses_the_file(tmp_path: Path,
