@@ -83,6 +83,7 @@ class PlatformConfig:
     retry_max_s: float = 600.0
     upload_window: str = ""
     bandwidth_mbit_s: float = 0.0
+    proxy: str = ""
 
     @property
     def enabled(self) -> bool:
@@ -176,6 +177,13 @@ def _plain_text(value: Any) -> str:
     return value.strip()
 
 
+def _proxy_url(value: Any) -> str:
+    if not isinstance(value, str) or (value and not re.fullmatch(r"https?://[^\s/?#@]+/?", value)):
+        raise ValueError("the site's forward proxy as http://host:port (no user or password: secrets are"
+                         " never in this file), or empty for none")
+    return value.rstrip("/")
+
+
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError("true or false")
@@ -224,11 +232,14 @@ _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "oauth2_client_id": _plain_text, "oauth2_client_secret_file": Path, "batch_size": _int(1, 1000),
         "http2": _bool, "timeout_s": _number(1, 3600), "retry_initial_s": _number(0.1, 3600),
         "retry_max_s": _number(1, 86400), "upload_window": _window, "bandwidth_mbit_s": _number(0, 100_000),
+        "proxy": _proxy_url,
     },
     "clinical": {"drop_folder": Path, "rejects": Path, "archive": Path, "after_upload": _text(("archive", "purge")),
                  "stable_s": _number(0, 3600), "schema": _schema},
     "log": {"level": _text(("debug", "info", "warning", "error"))},
 }  # fmt: skip
+#: Keys whose wrong value may hold a secret (a proxy URL with a password): never repeated in the error.
+_NOT_ECHOED = {"proxy"}
 _SECTIONS: dict[str, type] = {
     "receive": ReceiveConfig, "spool": SpoolConfig, "pipeline": PipelineConfig, "platform": PlatformConfig,
     "clinical": ClinicalConfig, "log": LogConfig,
@@ -298,7 +309,8 @@ def _section(path: Path, name: str, values: Any) -> Any:
         try:
             checked[key] = _CHECKS[name][key](value)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{path}: {name}.{key}: {exc}, got {value!r}") from None
+            shown = "" if key in _NOT_ECHOED else f", got {value!r}"
+            raise ConfigError(f"{path}: {name}.{key}: {exc}{shown}") from None
     for spec in fields(cls):
         value = checked.get(spec.name, getattr(cls(), spec.name))
         if isinstance(value, Path) and not value.is_absolute():

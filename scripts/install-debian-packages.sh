@@ -11,6 +11,8 @@
 #                PUT of manifests and clinical files, proxy to Orthanc); Debian's `nginx`
 #                package is built --with-http_dav_module (`nginx -V`). tests/peers/platform.py
 #                runs its own nginx with a temporary config; the system service is not used
+#   tinyproxy    a hospital's forward proxy: delivery through platform.proxy is tested through it
+#                (tests/peers/proxy.py runs its own on a free port; the system service is not used)
 #   python3-venv `make test` builds .venv with `python3 -m venv` (Debian splits ensurepip out)
 #
 # Idempotent: when every package is already installed it touches nothing (no apt,
@@ -18,7 +20,7 @@
 # on a bare CI clone. Extra package names may be given as arguments.
 set -euo pipefail
 
-PACKAGES=(dicom3tools dcmtk orthanc orthanc-dicomweb nginx python3-venv "$@")
+PACKAGES=(dicom3tools dcmtk orthanc orthanc-dicomweb nginx tinyproxy python3-venv "$@")
 
 die() { echo "install-debian-packages: $*" >&2; exit 1; }
 
@@ -47,7 +49,7 @@ else
     die "not root and sudo is not available; run as root: apt-get install ${missing[*]}"
 fi
 
-# The orthanc and nginx packages start and enable their system services on install, and
+# The orthanc, nginx and tinyproxy packages start and enable their system services on install, and
 # orthanc-dicomweb's trigger restarts the orthanc service. The tests never use them
 # (tests/peers/orthanc.py and tests/peers/platform.py run their own servers on free ports with
 # temporary configs), and a PACS left listening on 4242/8042 or a web server on port 80 is not
@@ -61,12 +63,12 @@ needs_policy=false
 new_services=()
 for pkg in "${missing[@]}"; do
     case "$pkg" in
-        orthanc|nginx) new_services+=("$pkg"); needs_policy=true ;;
+        orthanc|nginx|tinyproxy) new_services+=("$pkg"); needs_policy=true ;;
         orthanc-dicomweb) needs_policy=true ;;
     esac
 done
 if $needs_policy && [ ! -e "$POLICY" ]; then
-    printf '#!/bin/sh\n# install-debian-packages: do not start the orthanc or nginx service\ncase "$1" in orthanc|nginx) exit 101 ;; esac\nexit 0\n' \
+    printf '#!/bin/sh\n# install-debian-packages: do not start the orthanc, nginx or tinyproxy service\ncase "$1" in orthanc|nginx|tinyproxy) exit 101 ;; esac\nexit 0\n' \
         | "${SUDO[@]}" tee "$POLICY" >/dev/null
     "${SUDO[@]}" chmod 755 "$POLICY"
     temporary_policy=true

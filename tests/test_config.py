@@ -62,6 +62,7 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
          " client_certificate: c.pem}\n", "platform.client_key: client_certificate and client_key go together"),
         ("platform: {upload_window: '7pm-7am'}\n", "platform.upload_window: HH:MM-HH:MM"),
         ("platform: {token: abc}\n", "platform.token: unknown key"),
+        ("platform: {proxy: 'http://user:secret@proxy:3128'}\n", "platform.proxy: the site's forward proxy"),
         ("clinical: {after_upload: keep}\n", "clinical.after_upload: one of archive, purge"),
     ],
 )
@@ -72,6 +73,14 @@ def test_bad_values_name_file_and_key(tmp_path: Path, text: str, message: str) -
     with pytest.raises(ConfigError) as info:
         load(path)
     assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_proxy_url_with_a_password_is_refused_without_repeating_it(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("platform: {proxy: 'http://user:s3cret-pw@proxy:3128'}\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert "platform.proxy" in str(info.value) and "s3cret-pw" not in str(info.value)
 
 
 def test_serve_with_a_bad_config_exits_2_with_the_key(tmp_path: Path) -> None:

@@ -274,6 +274,7 @@ class PlatformClient:
         try:
             self._http = httpx.Client(
                 verify=ssl_context(config, source), http1=True, http2=config.http2, trust_env=False,
+                proxy=config.proxy or None,  # CONNECT through the site's proxy: TLS stays end to end
                 timeout=httpx.Timeout(config.timeout_s, connect=min(config.timeout_s, 30.0)),
                 follow_redirects=False, headers={"User-Agent": f"nmip-agent/{__version__}"},
             )

@@ -26,6 +26,7 @@ from pydicom import dcmread
 from agent.deidentify.pseudonym import Pseudonymiser, PseudonymSettings
 from agent.keys import load_key_file
 from tests.peers.platform import Platform, central_platform, clean_platform  # noqa: F401
+from tests.peers.proxy import forward_proxy, proxy_available
 from tests.scenarios.daemon import Daemon, storescu, wait_for
 from tests.synthetic import Patient, make_study, planted_values, write
 
@@ -421,3 +422,16 @@ def test_a_csv_dropped_while_the_agent_was_down_is_taken_at_start(tmp_path: Path
         wait_for(lambda: agent.status()["clinical_batches"].get("uploaded") == 1, 30, 0.3, "the CSV uploaded")
     rows = next(iter(clean_platform.put_files("clinical").values())).decode().splitlines()
     assert len(rows) == 3 and rows[0].startswith("patient_pseudonym,")
+
+
+@pytest.mark.skipif(not proxy_available(), reason="tinyproxy is installed by make test")
+def test_delivery_through_the_sites_forward_proxy(tmp_path: Path, clean_platform: Platform) -> None:
+    """platform.proxy: the agent reaches the platform by CONNECT through the hospital's proxy;
+    TLS and the client certificate stay end to end."""
+    with forward_proxy(tmp_path / "proxy", clean_platform.port) as proxy:
+        with agent_for(tmp_path / "agent", clean_platform, platform__proxy=proxy.url) as agent:
+            files = send_studies(tmp_path, agent, PATIENTS[:1])
+            wait_delivered(agent, 1)
+        tunnels = proxy.tunnels()
+    assert len(clean_platform.stored_instances()) == len(files)
+    assert tunnels and set(tunnels) == {f"127.0.0.1:{clean_platform.port}"}
