@@ -497,8 +497,8 @@ def run_memory(files: list[Path], root: Path) -> dict[str, float]:
 def stage_times(files: list[Path], workdir: Path, associations: int) -> str:
     """Wall-clock milliseconds per instance in each step of the agent's C-STORE handler.
 
-    The daemon's Service runs in this process (receiver threads and pipeline thread, quiet period
-    one day) with the steps of `Receiver._on_store` wrapped in timers, as bench/deid.py --stages
+    One `Receiver` (what each of the daemon's receiver processes runs) in this process, with the
+    steps of `Receiver._on_store` wrapped in timers, as bench/deid.py --stages
     does for de-identification; with several associations the steps overlap, so their sum can
     pass the wall time per instance. Also the time pynetdicom takes to set up each association
     (`RequestHandler._create_association`, before any negotiation).
@@ -511,7 +511,8 @@ def stage_times(files: list[Path], workdir: Path, associations: int) -> str:
 
     import agent.receive as receive_module
     from agent import config as config_module
-    from agent.service import Service
+    from agent.deidentify.pseudonym import Pseudonymiser, PseudonymSettings
+    from agent.keys import load_key_file
     from agent.spool.state import State
     from agent.spool.store import Spool
 
@@ -548,14 +549,17 @@ def stage_times(files: list[Path], workdir: Path, associations: int) -> str:
     wrap(RequestHandler, "_create_association", None)
     root = workdir / "agent-stages"
     shutil.rmtree(root, ignore_errors=True)
-    config = Daemon(root, pipeline__quiet_period_s=86400, pipeline__workers=1).config_path
-    service = Service(config_module.load(config))
-    service.start()
+    config = config_module.load(Daemon(root, pipeline__quiet_period_s=86400, pipeline__workers=1).config_path)
+    state = State(config.pipeline.database)
+    names = Pseudonymiser(load_key_file(config.pipeline.key_file), PseudonymSettings())
+    receiver = receive_module.Receiver(config.receive, Spool.from_config(config.spool), state, names)
+    receiver.start()
     try:
         flush()
-        seconds = send(service.receiver.port, "NMIP_AGENT", files, associations)
+        seconds = send(receiver.port, "NMIP_AGENT", files, associations)
     finally:
-        service.stop()
+        receiver.stop()
+        state.close()
         for owner, name, original in originals:
             setattr(owner, name, original)
         shutil.rmtree(root, ignore_errors=True)
