@@ -9,9 +9,10 @@ disk, so a crash at any point leaves the study `stable` and the next round (or t
 does it again, writing the same files under the same names.
 
 Early de-identification: while a study is still `receiving`, instances it has already received
-are de-identified into its staging folder by at most `workers - 1` workers, one instance each at
-a time, so that one worker is always free for a study that becomes stable and the receiver
-processes (which the PACS is waiting on) keep CPU. With `workers: 1` nothing is done early. Each
+are de-identified into its staging folder, one instance per worker at a time, by as many workers
+as receiving leaves (`Pipeline._early_limit`): `workers - 1` while one association is open, so
+that the receiver processes (which the PACS is waiting on) keep CPU; none while several are; all
+of them when nothing is arriving (the quiet period). With `workers: 1` nothing is done early. Each
 early result is remembered in memory with the `received_at` of the spooled copy it was made
 from: a resent instance gets a new `received_at`, so its earlier result is never used (and a new
 attempt at an instance starts only once the previous one has finished, so a stale attempt never
@@ -144,10 +145,10 @@ class Pipeline:
 
     def __init__(self, state: State, spool: Spool, *, profile: str, key_file: Path, outbox: Path,
                  quarantine_dir: Path, quiet_period_s: float, workers: int,
-                 hold_early: Callable[[], bool] | None = None) -> None:
+                 open_associations: Callable[[], int] | None = None) -> None:
         self.state = state
-        # True while receiving needs every core (several associations at once): no early work then.
-        self.hold_early = hold_early
+        # How many associations are open now (the receivers'): early work takes what receiving leaves.
+        self.open_associations = open_associations
         self.spool = spool
         self.profile = profile
         self.outbox = outbox
@@ -251,9 +252,8 @@ class Pipeline:
         """Give each free early worker one instance: at most `early_workers` in flight, so work for a
         study that becomes stable never queues behind more than that."""
         self._early = {f for f in self._early if not f.done()}
-        if self.hold_early is not None and self.hold_early():
-            return  # the backlog waits; the next round (0.1 s) looks again
-        while self._backlog and len(self._early) < self.early_workers:
+        limit = self._early_limit()
+        while self._backlog and len(self._early) < limit:
             row = self._backlog.popleft()
             previous = self._attempts.get(row.sop_key)
             if previous is not None and (previous.is_for(row) or not previous.future.done()):
@@ -261,6 +261,17 @@ class Pipeline:
             future = self._submit(row).future
             self._early.add(future)
             future.add_done_callback(lambda _: self._wake.set())
+
+    def _early_limit(self) -> int:
+        """Workers for early work: none while several associations are open (receiving, which the
+        PACS waits on, needs every core: early work cost four associations about a tenth of their
+        rate), `workers - 1` during one, and every worker when nothing is arriving (the quiet
+        period), so the study is done by the time it is stable. The backlog waits meanwhile; the
+        next round (0.1 s) looks again."""
+        if self.early_workers < 1 or self.open_associations is None:
+            return self.early_workers
+        open_now = self.open_associations()
+        return 0 if open_now >= 2 else self.early_workers if open_now == 1 else self.workers
 
     def _submit(self, row: InstanceRow) -> Attempt:
         """Start an attempt at a spooled instance; the caller has made sure no other attempt at the
