@@ -84,6 +84,7 @@ from agent.keys import init_key_file, load_key_file  # noqa: E402
 from agent.process import InstanceProcessor  # noqa: E402
 from agent.spool.state import State  # noqa: E402
 from agent.spool.store import Spool  # noqa: E402
+from bench.ingest import descendants  # noqa: E402
 from bench.deid import (  # noqa: E402
     busy_cpu_seconds,
     generate,
@@ -282,26 +283,6 @@ def run_agent(site: AgentSite) -> None:
 
 
 # --- measuring --------------------------------------------------------------------------------
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of `pid`: here, nginx's processes and Orthanc."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry.name))
-    found: list[int] = []
-    stack = [pid]
-    while stack:
-        for child in parents.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
 def platform_cpu_seconds() -> float:

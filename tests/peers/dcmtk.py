@@ -44,14 +44,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .ports import LOOPBACK, wait_for_port
+from .ports import LOOPBACK, stop_process, wait_for_port
 
 STORESCU = "/usr/bin/storescu"
 ECHOSCU = "/usr/bin/echoscu"
@@ -303,7 +302,7 @@ def storescp(
                 raise RuntimeError(f"{exc}\n--- {log_path}:\n{log_path.read_text(errors='replace')}") from None
             yield StoreSCP(port=port, out_dir=out, ae=ae, process=process, log_path=log_path)
         finally:
-            _stop(process)
+            stop_process(process, 5.0)
 
 
 def _wait_listening(process: subprocess.Popen[bytes], port: int, timeout: float) -> None:
@@ -320,13 +319,3 @@ def _wait_listening(process: subprocess.Popen[bytes], port: int, timeout: float)
             remaining -= step
             if remaining <= 0:
                 raise
-
-
-def _stop(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .ports import LOOPBACK, free_port
+from .ports import LOOPBACK, free_port, stop_process
 
 ORTHANC = "/usr/sbin/Orthanc"
 STARTUP_TIMEOUT_S = 60.0
@@ -235,16 +234,6 @@ class Orthanc:
         return self.log_path.read_text(errors="replace")
 
 
-def _stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -300,7 +289,7 @@ def orthanc(
             _wait_ready(server, startup_timeout)
             yield server
         finally:
-            _stop(process)
+            stop_process(process, 10.0)
 
 
 def _wait_ready(server: Orthanc, timeout: float) -> None:

@@ -90,7 +90,7 @@ import pytest
 
 from .certs import Pki, make_pki
 from .orthanc import Orthanc, OrthancError, orthanc, orthanc_available
-from .ports import LOOPBACK, free_port, port_open
+from .ports import LOOPBACK, free_port, port_open, stop_process
 
 NGINX = "/usr/sbin/nginx"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -395,14 +395,8 @@ class _Nginx:
     def stop(self, grace: float = 10.0) -> None:
         """Fast shutdown (SIGTERM): open connections are closed, the port is free on return."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process, grace)
 
     def reload(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
         """Rewrite the config and SIGHUP the master; return once only new workers take connections.

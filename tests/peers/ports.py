@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import signal
 import socket
 import time
 
@@ -51,3 +53,14 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
                 f"(last error: {last_error})"
             )
         time.sleep(_POLL_S)
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM a peer we started, SIGKILL it after `grace` seconds; a no-op once it has ended."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

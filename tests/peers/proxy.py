@@ -7,14 +7,13 @@ the agent and the platform; the proxy's log shows each tunnel it opened.
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.peers.ports import free_port, wait_for_port
+from tests.peers.ports import free_port, stop_process, wait_for_port
 
 TINYPROXY = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
 
@@ -48,9 +47,4 @@ def forward_proxy(workdir: Path, connect_port: int) -> Iterator[ForwardProxy]:
         wait_for_port("127.0.0.1", port)
         yield ForwardProxy(f"http://127.0.0.1:{port}", log)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
