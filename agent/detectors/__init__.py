@@ -1,0 +1,1 @@
+"""Detectors for identifying text: recognisers, name lexicons and the imaging vocabulary."""
