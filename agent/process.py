@@ -66,9 +66,10 @@ def read_dataset(data: bytes, where: object) -> Dataset:
 class InstanceProcessor:
     """Built once per process (it compiles the profile's key material); `process` per instance."""
 
-    def __init__(self, profile: Profile, key: SiteKey) -> None:
+    def __init__(self, profile: Profile, key: SiteKey, *, clean_text: bool = True) -> None:
+        """`clean_text=False` switches text cleaning off, to test that the gate alone refuses."""
         self.profile = profile
-        self.deidentifier = Deidentifier(profile, key)
+        self.deidentifier = Deidentifier(profile, key, clean_text=clean_text)
 
     def process(self, data: bytes, where: object, *, record: bool = False) -> Outcome:
         """Run `data` (the source file's bytes) through every stage; raises UnreadableInput only."""
@@ -92,7 +93,7 @@ class InstanceProcessor:
         except Exception as exc:  # a dataset the engine could not handle must not leave
             failed = Refusal(Reason.DEIDENTIFICATION_FAILED, f"{type(exc).__name__} while de-identifying")
             return Outcome("quarantined", refusal=refusal or failed, opaque_name=opaque)
-        refusal = refusal or verify_output(encoded, result, self.profile)
+        refusal = refusal or verify_output(encoded, result, self.profile, self.deidentifier.scanner)
         if refusal is not None:
             return Outcome("quarantined", refusal=refusal, result=result, opaque_name=opaque)
         return Outcome("passed", result=result, encoded=encoded, opaque_name=opaque)

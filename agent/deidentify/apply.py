@@ -6,6 +6,7 @@ most of what makes this faster than walking a fully decoded dataset.
 
 from __future__ import annotations
 
+import io
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -15,17 +16,19 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_sequence
 from pydicom.filewriter import write_data_element
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from agent import __version__
-from agent.deidentify import dates
+from agent.deidentify import dates, text
 from agent.deidentify.identifiers import SourceIdentifiers, collect
 from agent.deidentify.plan import Action, Op
 from agent.deidentify.profile import EDITION, Profile
 from agent.deidentify.pseudonym import Pseudonymiser
+from agent.detectors.scan import TextScanner
 from agent.keys import SiteKey
 from agent.quarantine import Reason, Refusal
 
@@ -49,7 +52,15 @@ _DUMMY: dict[str, Any] = {
 _NO_OP = Action(Op.KEEP, "not in profile")
 _OVERLAY_REMOVED = Action(Op.REMOVE, "overlay data removed")
 _CLEAN_NESTED = Action(Op.CLEAN, "not in profile, inside a sequence")
+_UNKNOWN_REMOVED = Action(Op.REMOVE, "unknown to the dictionary, not a sequence")
+_DUMMY_ITEM = Action(Op.DUMMY, "inside a dummied sequence item")
+_KEPT_IN_ITEM = Action(Op.KEEP, "a number inside a dummied sequence item")
+_NUMBER_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "IS", "DS", "AT", "SV", "UV", "US or SS"}
+# X/Z sequences that are Type 3 wherever they stand at the top level: zero items is invalid for a
+# Type 3 sequence (dciodvfy: "Bad Sequence number of Items"), so X is the valid choice.
+_REMOVED_WHEN_BLANKED = {0x00081110}  # Referenced Study Sequence (General Study Module)
 _FREE_TEXT_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}
+_ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) Item, little endian: how a UN sequence starts
 
 
 class Refused(Exception):
@@ -129,9 +140,12 @@ def _vr_of(elem: DataElement | RawDataElement, tag: int) -> str:
 class Deidentifier:
     """Applies one profile with one key; build it once per process and reuse it for every instance."""
 
-    def __init__(self, profile: Profile, key: SiteKey) -> None:
+    def __init__(self, profile: Profile, key: SiteKey, *, clean_text: bool = True) -> None:
+        """`clean_text=False` keeps text that cleaning would change: only for testing the gate alone."""
         self.profile = profile
         self.plan = profile.plan
+        self.clean_text = clean_text
+        self.scanner = TextScanner(profile.vocabulary)
         self.pseudonyms = Pseudonymiser(key, profile.pseudonym)
         self.key_id = key.key_id
         self._codes: dict[tuple[bool, bool], RawDataElement] = {}
@@ -147,7 +161,8 @@ class Deidentifier:
         source_patient_id = str(ds.get(PATIENT_ID).value or "").strip() if PATIENT_ID in ds else ""
         if not source_patient_id:
             raise Refused(Refusal(Reason.NO_PATIENT_ID, "the instance has no Patient ID to derive a pseudonym from"))
-        identifiers = collect(ds, include_dates=not self.profile.dates_kept)
+        identifiers = collect(ds, include_dates=not self.profile.dates_kept,
+                              include_institution=not self.profile.institution_kept)
         ctx = _Context(
             offset=self.pseudonyms.date_offset(source_patient_id),
             patient_pseudonym=self.pseudonyms.patient_pseudonym(source_patient_id),
@@ -170,8 +185,11 @@ class Deidentifier:
 
     # -- the walk ---------------------------------------------------------------------------
 
-    def _walk(self, ds: Dataset, ctx: _Context, path: str, *, top: bool = False) -> None:
-        """Apply the plan to every element of `ds`, recursing into the sequences it keeps."""
+    def _walk(self, ds: Dataset, ctx: _Context, path: str, *, top: bool = False, dummy: bool = False) -> None:
+        """Apply the plan to every element of `ds`, recursing into the sequences it keeps.
+
+        `dummy`: `ds` is the one item a D sequence keeps; what no row names in it is dummied.
+        """
         plan = self.plan
         creators: dict[tuple[int, int], str] = {}
         temporal: dict[int, tuple[str, Action]] = {}
@@ -198,17 +216,33 @@ class Deidentifier:
                 action = plan.public_action(tag)
             elem = ds.get_item(tag)
             vr = _vr_of(elem, tag)
+            if vr == "UN" and not (action is not None and action.op is Op.REMOVE):
+                # Unknown to the dictionary (implicit VR, or a sender's UN): walked where it parses
+                # as a sequence, removed otherwise unless the profile keeps it.
+                if self._un_as_sequence(ds, tag):
+                    vr = "SQ"
+                elif action is None or action.op is not Op.KEEP:
+                    self._remove(ds, tag, ctx, path, action or _UNKNOWN_REMOVED)
+                    continue
+            if action is None:
+                action = plan.vr_action(vr)
             if action is None:
                 # Inside a sequence, text the profile does not name is cleaned rather than kept:
                 # PS3.15 keeps a sequence "cleaned", and free text in items is where leaks hide.
-                action = _CLEAN_NESTED if path and vr in _FREE_TEXT_VRS else _NO_OP
+                # In the one item a D sequence keeps, nothing of the original stays.
+                if dummy:
+                    # Numbers (channel lists, counts) identify nobody and keep their multiplicity.
+                    action = _KEPT_IN_ITEM if vr in _NUMBER_VRS else _DUMMY_ITEM
+                else:
+                    action = _CLEAN_NESTED if path and vr in _FREE_TEXT_VRS else _NO_OP
             op = action.op
             if vr in ("DA", "TM") and op in (Op.SHIFT, Op.CLEAN):
                 temporal[tag] = (vr, action)
                 continue
+            if vr == "SQ" and op is Op.BLANK and not path and tag in _REMOVED_WHEN_BLANKED:
+                self._remove(ds, tag, ctx, path, Action(Op.REMOVE, f"{action.source} (X/Z: Type 3 sequence)"))
+                continue
             if vr == "SQ" and op is not Op.REMOVE:
-                # Z on a sequence allows "a non-zero length value that may be a dummy": its items,
-                # de-identified, keep a Type 3 sequence valid where zero items would not be.
                 self._sequence(ds, tag, ctx, path, action)
                 continue
             if op is Op.KEEP:
@@ -219,6 +253,24 @@ class Deidentifier:
         if temporal:
             self._shift_temporal(ds, temporal, ctx, path)
         self._private_creators(ds, creators, ctx, path)
+
+    @staticmethod
+    def _un_as_sequence(ds: Dataset, tag: int) -> bool:
+        """Replace a UN element by the sequence its bytes encode, if they encode one (PS3.5 6.2.2)."""
+        raw = ds.get_item(tag)
+        value = getattr(raw, "value", None)
+        if not isinstance(value, bytes) or len(value) < 8 or value[:4] != _ITEM_TAG:
+            return False
+        try:
+            encoding = getattr(ds, "_character_set", None) or "iso8859"
+            seq = read_sequence(io.BytesIO(value), True, True, len(value), encoding)
+            for item in seq:
+                for _ in item.keys():
+                    pass
+        except Exception:  # not a sequence after all: the caller removes it
+            return False
+        ds[tag] = DataElement(tag, "SQ", seq)
+        return True
 
     def _add(self, ds: Dataset, ctx: _Context) -> None:
         """The recipes' ADD lines: attributes the programme wants in every output."""
@@ -256,15 +308,29 @@ class Deidentifier:
                 self._remove(ds, tag, ctx, path, Action(Op.REMOVE, "private creator"))
 
     def _sequence(self, ds: Dataset, tag: int, ctx: _Context, path: str, action: Action) -> None:
-        """A sequence kept, cleaned or dummied: its items stay, and the profile applies inside them."""
+        """A sequence: Z empties it, D keeps one item with nothing of the original, any other
+        action keeps its items and applies the profile inside them."""
         raw = ds.get_item(tag)
         seq = ds[tag].value or []
+        where = path + _tag_text(tag)
+        if action.op is Op.BLANK:
+            if ctx.changes is not None:
+                ctx.changes.append(Change(where, keyword_for_tag(tag) or "", action.label, f"{len(seq)} item(s)", "0 items"))
+            if len(seq):
+                ctx.mutations += 1
+                ds[tag] = DataElement(tag, "SQ", Sequence())
+            return
+        dummy = action.op is Op.DUMMY
+        if dummy and len(seq) > 1:
+            ctx.mutations += 1
+            seq = Sequence([seq[0]])
+            ds[tag] = DataElement(tag, "SQ", seq)
         if ctx.changes is not None:
-            ctx.changes.append(Change(path + _tag_text(tag), keyword_for_tag(tag) or "", action.label,
-                                      f"{len(seq)} item(s)", f"{len(seq)} item(s), each de-identified"))
+            after = "1 item, dummied" if dummy and len(seq) else f"{len(seq)} item(s), each de-identified"
+            ctx.changes.append(Change(where, keyword_for_tag(tag) or "", action.label, f"{len(seq)} item(s)", after))
         mutations = ctx.mutations
         for index, item in enumerate(seq):
-            self._walk(item, ctx, f"{path}{_tag_text(tag)}[{index}] > ")
+            self._walk(item, ctx, f"{where}[{index}] > ", dummy=dummy)
         if ctx.mutations == mutations and isinstance(raw, RawDataElement):
             # Nothing inside changed: write the sequence back as the bytes it came in, which is
             # several times cheaper than encoding its items element by element.
@@ -275,7 +341,7 @@ class Deidentifier:
         if op is Op.REMOVE:
             self._remove(ds, tag, ctx, path, action)
             return
-        before = self._text(ds, tag) if ctx.changes is not None or op in (Op.UID, Op.CLEAN, Op.SHIFT) else ""
+        before = self._text(ds, tag) if ctx.changes is not None or op in (Op.UID, Op.CLEAN, Op.SHIFT, Op.VOCABULARY) else ""
         if vr == "PN" and op is not Op.PATIENT_PSEUDONYM:
             ctx.identifiers.add_person_name("person_name", before or self._text(ds, tag))
         if op is Op.BLANK:
@@ -293,13 +359,15 @@ class Deidentifier:
             value = action.value
         elif op in (Op.CLEAN, Op.SHIFT):
             value = self._clean(before, vr, ctx)
+        elif op is Op.VOCABULARY:
+            value = self._vocabulary(before, vr, ctx)
         else:  # pragma: no cover - every Op is handled above
             raise AssertionError(op)
         if value is None and op is not Op.BLANK:
             # No valid replacement exists for this VR (binary, unknown): removal is the safe choice.
             self._remove(ds, tag, ctx, path, action)
             return
-        if op is Op.CLEAN and value == before:
+        if op in (Op.CLEAN, Op.VOCABULARY) and value == before:
             # Clean text with nothing to remove stays as it came, so its sequence can stay raw.
             if ctx.changes is not None:
                 ctx.changes.append(Change(path + _tag_text(tag), keyword_for_tag(tag) or "", action.label, before, before))
@@ -318,10 +386,18 @@ class Deidentifier:
         if vr == "DT":
             return dates.shift_dt(before, ctx.offset) or ""
         if vr in _TEXT_VRS:
-            return ctx.identifiers.redact(before)
+            return text.clean(before, ctx.identifiers, self.scanner) if self.clean_text else before
         if vr in _BINARY_VRS:
             return None  # binary content cannot be cleaned: remove it
         return before  # numbers carry no identifiers
+
+    def _vocabulary(self, before: str, vr: str, ctx: _Context) -> str | None:
+        """Short descriptors: only imaging vocabulary survives (`func:vocabulary`)."""
+        if vr not in _TEXT_VRS:
+            return self._clean(before, vr, ctx)
+        if not self.clean_text:
+            return before
+        return "\\".join(text.keep_vocabulary(v, ctx.identifiers, self.scanner) for v in before.split("\\"))
 
     def _uids(self, before: str, ctx: _Context) -> str:
         out = []

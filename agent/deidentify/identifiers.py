@@ -1,8 +1,12 @@
-"""The identifying values of a source instance, as search patterns.
+"""The identifying values of a source instance, as search patterns, in every form they are written.
 
-Used twice: `func:clean` removes them from descriptors it keeps, and the release gate searches the
-de-identified output for them. The values themselves never leave this object: matches are
-reported by label (`patient_name`, `birth_date`, ...) only.
+Used twice: cleaning removes them from text it keeps, and the release gate searches the
+de-identified output for them (beside the detectors of `agent.detectors`, which do not depend on
+the source). Each value is searched whole and in its other written forms: each part of a
+hyphenated or multi-word name, initials with the surname, the institution's distinctive
+sub-phrases, dates in 20 written forms, and near misses (one character changed, values of 5+
+characters). The values themselves never leave this object: matches are reported by label
+(`patient_name`, `birth_date`, ...) only.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from pydicom.dataset import Dataset
+from rapidfuzz import process as fuzzy_process
+from rapidfuzz.distance import Levenshtein
 
 from agent.deidentify.dates import parse_da
 
@@ -26,8 +32,25 @@ _MIN_COMPONENT = 3  # shorter ASCII name parts ("Li", "Ng") are searched within 
 _MIN_ID = 4  # shorter IDs would match instance numbers; the gate compares them attribute by attribute
 _DATE_FORMATS = (
     "%Y%m%d", "%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%d/%m/%Y", "%d-%m-%Y", "%d.%m.%Y", "%m/%d/%Y",
-    "%d %b %Y", "%d-%b-%Y", "%b %d, %Y", "%d %B %Y", "%B %d, %Y", "%d/%m/%y",
+    "%d %b %Y", "%d-%b-%Y", "%b %d, %Y", "%d %B %Y", "%B %d, %Y", "%d/%m/%y", "%d%m%Y", "%m%d%Y",
+    "%d-%m-%y", "%d.%m.%y", "%d %b %y", "%d-%b-%y", "%b %Y", "%B %Y",
 )  # fmt: skip
+_NEAR_MISS_MIN = 5  # values this long are also found with one character changed
+_NAME_SPLIT = re.compile(r"[\s\-'\u2019.,]+")
+_WORD = re.compile(r"[^\W_]+")
+# Scripts written without spaces between words: their names are searched without word boundaries,
+# a one-character surname included.
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+# Words of an institution's name that say what it is, not which one: not searched on their own.
+_GENERIC_INSTITUTION_WORDS = {
+    "THE", "OF", "AND", "AT", "FOR", "NHS", "TRUST", "FOUNDATION", "UNIVERSITY", "UNIVERSITIES", "HOSPITAL",
+    "HOSPITALS", "GENERAL", "ROYAL", "INFIRMARY", "TEACHING", "COUNTY", "DISTRICT", "COMMUNITY", "CENTRE",
+    "CENTER", "MEDICAL", "HEALTH", "HEALTHCARE", "CARE", "CLINIC", "CLINICS", "IMAGING", "RADIOLOGY",
+    "DEPARTMENT", "DEPT", "SERVICES", "SERVICE", "NATIONAL", "REGIONAL", "CHILDREN", "CHILDRENS", "WOMEN",
+    "WOMENS", "INSTITUTE", "SAINT", "ST", "MEMORIAL", "CITY", "NORTH", "SOUTH", "EAST", "WEST", "CENTRAL",
+    "NEW", "OLD", "PARTNERSHIP", "GROUP", "LTD", "PLC", "INC", "CANCER", "HEART", "EYE", "DENTAL", "SCANNING",
+    "DIAGNOSTIC", "DIAGNOSTICS", "UNIT", "WARD", "ROAD", "STREET", "LANE", "AVENUE",
+}  # fmt: skip
 
 #: Patient-level attributes whose values are always identifying, whatever the profile keeps.
 PATIENT_NAMES = (0x00100010, 0x00101001, 0x00101005, 0x00101060)  # name, other, birth, mother's birth
@@ -41,6 +64,9 @@ ADDRESS = 0x00101040
 PHONE = 0x00102154
 STUDY_DATES = (0x00080020, 0x00080021, 0x00080022, 0x00080023)  # study, series, acquisition, content
 OTHER_PATIENT_IDS_SEQUENCE = 0x00101002
+INSTITUTION_NAME = 0x00080080
+INSTITUTION_ADDRESS = 0x00080081
+INSTITUTION_DEPARTMENT = 0x00081040
 
 
 @dataclass
@@ -53,8 +79,8 @@ class SourceIdentifiers:
     # above stay the same for all instances of a patient and `re` compiles them once.
     uids: set[str] = field(default_factory=set)
     _text: re.Pattern[str] | None = None
-    _bytes: re.Pattern[bytes] | None = None
-    _needles: list[bytes] | None = None
+    _unspaced: re.Pattern[str] | None = None
+    _fuzzy: dict[str, str] | None = None
 
     def add(self, label: str, text: str | None) -> None:
         """Add one identifying string (ignored when empty or not identifying on its own)."""
@@ -66,7 +92,8 @@ class SourceIdentifiers:
         lowered = text.lower()
         if lowered not in self.values:
             self.values[lowered] = label
-            self._text = self._bytes = self._needles = None
+            self._text = self._unspaced = None
+            self._fuzzy = None
 
     def add_uid(self, uid: str) -> None:
         self.uids.add(uid)
@@ -81,7 +108,8 @@ class SourceIdentifiers:
             self.add(label, text)
 
     def add_person_name(self, label: str, value: object) -> None:
-        """A PN value: the whole name and each family/given/middle part, in every representation."""
+        """A PN value: the whole name, each part (hyphenated and multi-word parts split too) and
+        initials with the surname, in every representation (alphabetic, ideographic, phonetic)."""
         for single in value if isinstance(value, (list, tuple)) else [value]:
             text = str(single)
             if not text.strip("^= "):
@@ -90,82 +118,139 @@ class SourceIdentifiers:
             for group in text.split("="):
                 self.add(label, group)
                 self.add(label, group.replace("^", " ").strip())
-                for part in group.split("^")[:3]:  # prefix and suffix (Dr, Jr) are not identifying
-                    part = part.strip()
-                    if len(part) >= _MIN_COMPONENT or (part and not part.isascii() and len(part) >= 2):
-                        self.add(label, part)
+                components = [c.strip() for c in group.split("^")]
+                for part in components[:3]:  # prefix and suffix (Dr, Jr) are not identifying
+                    self._add_name_part(label, part)
+                    for piece in _NAME_SPLIT.split(part):
+                        self._add_name_part(label, piece)
+                self._add_initials(label, components)
+
+    def _add_name_part(self, label: str, part: str) -> None:
+        part = part.strip()
+        if not part:
+            return
+        if _UNSPACED.search(part) or (not part.isascii() and len(part) >= 2) or len(part) >= _MIN_COMPONENT:
+            self.add(label, part)
+
+    def _add_initials(self, label: str, components: list[str]) -> None:
+        """`P Smith`, `P. Smith`, `Smith P`, `Smith, P.`: how staff write a name in notes."""
+        if len(components) < 2 or not components[0] or not components[1] or not components[1][0].isalpha():
+            return
+        family, initial = components[0], components[1][0]
+        if _UNSPACED.search(family):
+            return
+        for form in (f"{initial} {family}", f"{initial}. {family}", f"{initial}.{family}", f"{family} {initial}",
+                     f"{family}, {initial}", f"{family},{initial}"):
+            self.add(label, form)
+
+    def add_institution(self, value: object) -> None:
+        """The institution's name, and each run of its words that says which one it is."""
+        for single in value if isinstance(value, (list, tuple)) else [value]:
+            text = str(single or "").strip()
+            if not text:
+                continue
+            self.add("institution", text)
+            words = _WORD.findall(text)
+            distinctive = [w for w in words if w.upper() not in _GENERIC_INSTITUTION_WORDS and not w.isdigit()]
+            for word in distinctive:
+                if len(word) >= 4:
+                    self.add("institution", word)
+            for start in range(len(words)):
+                for end in range(start + 2, len(words) + 1):
+                    phrase = words[start:end]
+                    if any(w.upper() not in _GENERIC_INSTITUTION_WORDS for w in phrase):
+                        self.add("institution", " ".join(phrase))
 
     def add_date(self, label: str, value: str | None) -> None:
         """A DA value in every common written form."""
         for form in _written_forms(value or ""):
             self.add(label, form)
 
-    def _alternation(self) -> str:
-        return "|".join(re.escape(v) for v in sorted(self.values, key=len, reverse=True))
+    def _alternation(self, values: list[str]) -> str:
+        return "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
 
     @property
     def text_pattern(self) -> re.Pattern[str] | None:
-        """Any identifying value as a whole word (not inside a longer word or number), any case."""
+        """Any identifying value as a whole word (not inside a longer word or number), any case.
+
+        Between two words any run of spaces and punctuation matches, so `Smith  John` and
+        `SMITH-JOHN` are the name `Smith John`.
+        """
         if self._text is None and self.values:
-            self._text = re.compile(rf"(?<![^\W_])(?:{self._alternation()})(?![^\W_])", re.IGNORECASE)
+            spaced = [v for v in self.values if not _UNSPACED.search(v)]
+            alternation = "|".join(
+                r"[\s\-_.,'^]+".join(re.escape(w) for w in re.split(r"[\s\-_.,'^]+", v) if w) or re.escape(v)
+                for v in sorted(spaced, key=len, reverse=True)
+            )
+            if alternation:
+                self._text = re.compile(rf"(?<![^\W_])(?:{alternation})(?![^\W_])", re.IGNORECASE)
         return self._text
 
     @property
-    def bytes_pattern(self) -> re.Pattern[bytes] | None:
-        """The same words in UTF-8 and Latin-1 bytes, for scanning encoded datasets."""
-        if self._bytes is None and self.values:
-            encoded = set()
-            for value in self.values:
-                for variant in {value, value.upper(), value.title()}:
-                    encoded.add(variant.encode("utf-8"))
-                    try:
-                        encoded.add(variant.encode("latin-1"))
-                    except UnicodeEncodeError:
-                        pass
-            alternation = b"|".join(re.escape(v) for v in sorted(encoded, key=len, reverse=True))
-            self._bytes = re.compile(rb"(?<![A-Za-z0-9])(?:" + alternation + rb")(?![A-Za-z0-9])", re.IGNORECASE)
-        return self._bytes
+    def unspaced_pattern(self) -> re.Pattern[str] | None:
+        """Values in scripts without spaces (CJK, Hangul), searched anywhere, one character included."""
+        if self._unspaced is None:
+            unspaced = [v for v in self.values if _UNSPACED.search(v)]
+            if unspaced:
+                self._unspaced = re.compile(self._alternation(unspaced))
+        return self._unspaced
 
-    def label_of(self, matched: str | bytes) -> str:
+    def label_of(self, matched: str) -> str:
         """The label of a matched value (for reports: never the value itself)."""
-        text = matched.decode("utf-8", "replace") if isinstance(matched, bytes) else matched
-        label = self.values.get(text.lower())
-        if label is None and isinstance(matched, bytes):
-            label = self.values.get(matched.decode("latin-1").lower())
+        key = re.sub(r"[\s\-_.,'^]+", " ", matched.lower())
+        label = self.values.get(matched.lower())
+        if label is None:
+            for value, candidate in self.values.items():
+                if re.sub(r"[\s\-_.,'^]+", " ", value) == key:
+                    return candidate
         return label or "identifier"
+
+    def _near_miss_choices(self) -> dict[str, str]:
+        """Single-word values of 5+ characters, for the one-character-changed search."""
+        if self._fuzzy is None:
+            # Dates are left out: a shifted date one digit away from the original is not a leak.
+            self._fuzzy = {
+                v: label for v, label in self.values.items()
+                if len(v) >= _NEAR_MISS_MIN and _WORD.fullmatch(v) and not label.endswith("_date")
+                and (not v.isdigit() or len(v) >= 6)
+            }
+        return self._fuzzy
+
+    def spans(self, text: str) -> list[tuple[int, int, str]]:
+        """Every identifying value in `text`: (start, end, label), exact forms and near misses."""
+        found: list[tuple[int, int, str]] = []
+        pattern = self.text_pattern
+        if pattern is not None:
+            found.extend((m.start(), m.end(), self.label_of(m.group(0))) for m in pattern.finditer(text))
+        unspaced = self.unspaced_pattern
+        if unspaced is not None:
+            found.extend((m.start(), m.end(), self.label_of(m.group(0))) for m in unspaced.finditer(text))
+        choices = self._near_miss_choices()
+        if choices:
+            for m in _WORD.finditer(text):
+                word = m.group(0).lower()
+                if len(word) < _NEAR_MISS_MIN or word in choices:
+                    continue
+                best = fuzzy_process.extractOne(word, choices.keys(), scorer=Levenshtein.distance, score_cutoff=1)
+                if best is not None:
+                    found.append((m.start(), m.end(), "near_miss_" + choices[best[0]]))
+        if self.uids:
+            for uid in self.uids:
+                start = text.find(uid)
+                if start >= 0 and _holds_uid(text, uid):
+                    found.append((start, start + len(uid), "uid"))
+        return found
 
     def find_in_text(self, text: str) -> str | None:
         """The label of the first identifying value in `text`, or None."""
-        pattern = self.text_pattern
-        match = pattern.search(text) if pattern else None
-        if match:
-            return self.label_of(match.group(0))
-        return "uid" if any(_holds_uid(text, uid) for uid in self.uids if uid in text) else None
-
-    def find_in_bytes(self, data: bytes) -> bool:
-        """Whether `data` may hold an identifying value: a fast, over-eager pre-filter for the gate.
-
-        Plain substring tests on the lower-cased bytes (ASCII case only, so UTF-8 and Latin-1
-        forms are tested as they are); only a hit makes the caller walk the decoded elements.
-        """
-        if self._needles is None:
-            needles = set()
-            for value in self.values:
-                needles.add(value.encode("utf-8"))
-                try:
-                    needles.add(value.encode("latin-1"))
-                except UnicodeEncodeError:
-                    pass
-            self._needles = sorted(needles)
-        lowered = data.lower()
-        if any(needle in lowered for needle in self._needles):
-            return True
-        return any(uid.encode("ascii", "replace") in data for uid in self.uids)
+        found = self.spans(text)
+        return min(found)[2] if found else None
 
     def redact(self, text: str) -> str:
         """`text` with every identifying value replaced by `*`."""
-        pattern = self.text_pattern
-        return pattern.sub("*", text) if pattern else text
+        from agent.detectors.scan import redact
+
+        return redact(text, [(start, end) for start, end, _ in self.spans(text)])
 
 
 @functools.lru_cache(maxsize=4096)
@@ -190,12 +275,19 @@ def _holds_uid(text: str, uid: str) -> bool:
     return False
 
 
-def collect(ds: Dataset, *, include_dates: bool) -> SourceIdentifiers:
+def collect(ds: Dataset, *, include_dates: bool, include_institution: bool = True) -> SourceIdentifiers:
     """The patient-level identifying values of a source dataset (top level and Other Patient IDs).
 
-    Nested names and original UIDs are added while the plan is applied, as they are met.
+    Nested names and original UIDs are added while the plan is applied, as they are met. The
+    institution is left out where the profile keeps it (Retain Institution Identity).
     """
     found = SourceIdentifiers()
+    if include_institution:
+        for tag in (INSTITUTION_NAME, INSTITUTION_DEPARTMENT):
+            if tag in ds:
+                found.add_institution(_value(ds, tag))
+        if INSTITUTION_ADDRESS in ds:
+            _add_address(found, "institution", str(_value(ds, INSTITUTION_ADDRESS) or ""))
     for tag in PATIENT_NAMES:
         if tag in ds:
             found.add_person_name("patient_name", _value(ds, tag))
@@ -210,11 +302,7 @@ def collect(ds: Dataset, *, include_dates: bool) -> SourceIdentifiers:
     if BIRTH_DATE in ds:
         found.add_date("birth_date", str(_value(ds, BIRTH_DATE) or ""))
     if ADDRESS in ds:
-        address = str(_value(ds, ADDRESS) or "")
-        found.add("address", address)
-        for part in re.split(r"[,^\n\r]", address):
-            if len(part.strip()) >= 5 and any(c.isdigit() for c in part):
-                found.add("address", part)
+        _add_address(found, "address", str(_value(ds, ADDRESS) or ""))
     if PHONE in ds:
         for phone in _as_list(_value(ds, PHONE)):
             found.add("phone", str(phone))
@@ -226,6 +314,24 @@ def collect(ds: Dataset, *, include_dates: bool) -> SourceIdentifiers:
             if tag in ds:
                 found.add_date("study_date", str(_value(ds, tag) or ""))
     return found
+
+
+def _add_address(found: SourceIdentifiers, label: str, address: str) -> None:
+    """An address whole, each line of it that holds a number (a street, a postcode), and the street
+    without its number or its type ("14 Acacia Avenue": "Acacia Avenue", "14 Acacia").
+
+    A town alone is not searched: the patient and the hospital are often in the same one.
+    """
+    found.add(label, address)
+    for part in re.split(r"[,^\n\r]", address):
+        part = part.strip()
+        if len(part) < 5 or not any(c.isdigit() for c in part):
+            continue
+        found.add(label, part)
+        words = part.split()
+        if len(words) >= 3 and words[0].isdigit():
+            found.add(label, " ".join(words[1:]))
+            found.add(label, " ".join(words[:2]))
 
 
 def _value(ds: Dataset, tag: int) -> object:

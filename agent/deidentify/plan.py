@@ -25,6 +25,7 @@ class Op(enum.Enum):
     UID = "uid"  # U
     CLEAN = "clean"  # C
     SHIFT = "shift"  # C for dates (Retain Longitudinal Temporal Information, Modified Dates)
+    VOCABULARY = "vocabulary"  # C for short descriptors: only imaging vocabulary survives
     PATIENT_PSEUDONYM = "patient_pseudonym"
     ACCESSION_PSEUDONYM = "accession_pseudonym"
     LITERAL = "literal"
@@ -34,6 +35,7 @@ _FUNCS = {
     "func:dummy": Op.DUMMY,
     "func:uid": Op.UID,
     "func:clean": Op.CLEAN,
+    "func:vocabulary": Op.VOCABULARY,
     "func:shift_date": Op.SHIFT,
     "func:patient_pseudonym": Op.PATIENT_PSEUDONYM,
     "func:accession_pseudonym": Op.ACCESSION_PSEUDONYM,
@@ -63,6 +65,7 @@ _EXACT = re.compile(r"^\(([0-9A-F]{4}),([0-9A-F]{4})\)$", re.I)
 _MASK = re.compile(r"^\(([0-9A-FX]{4}),([0-9A-FX]{4})\)$", re.I)
 _PRIVATE = re.compile(r'^\(([0-9A-F]{4}),"(.*)",([0-9A-F]{2})\)$', re.I)
 _KEYWORD = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+_SELECT_VR = re.compile(r"^select:VR:([A-Z]{2})$", re.I)
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Plan:
     private_by_creator: dict[tuple[int, str, int], Action] = field(default_factory=dict)
     masks: list[tuple[int, int, Action]] = field(default_factory=list)
     private_default: Action | None = None
+    by_vr: dict[str, Action] = field(default_factory=dict)
     additions: list[tuple[int, str, Action]] = field(default_factory=list)
     kept_blocks: frozenset[tuple[int, str]] = frozenset()
 
@@ -85,6 +89,10 @@ class Plan:
             if tag & mask == value:
                 return masked
         return None
+
+    def vr_action(self, vr: str) -> Action | None:
+        """The action of a `select:VR:..` line, for an attribute no more specific line names."""
+        return self.by_vr.get(vr)
 
     def private_action(self, tag: int, creator: str | None) -> Action | None:
         """The action for a private element, given its block's private creator (None if missing)."""
@@ -111,6 +119,8 @@ def _parse_field(text: str) -> tuple[str, object]:
     """Classify a recipe field: ('exact', tag), ('private', key), ('mask', (mask, value)) or ('all_private', None)."""
     if text.lower() == "private":
         return "all_private", None
+    if m := _SELECT_VR.match(text):
+        return "vr", m[1].upper()
     if m := _EXACT.match(text):
         return "exact", int(m[1] + m[2], 16)
     if m := _PRIVATE.match(text):
@@ -124,7 +134,7 @@ def _parse_field(text: str) -> tuple[str, object]:
         return "exact", int(tag)
     raise RecipeLineError(
         f"field {text!r} is not a tag; name attributes by tag, e.g. (0010,0010), (60XX,3000),"
-        ' (0019,"GEMS_ACQU_01",23) or private'
+        ' (0019,"GEMS_ACQU_01",23), select:VR:PN or private'
     )
 
 
@@ -170,6 +180,8 @@ def compile_plan(recipes: Iterable[tuple[str, list[Mapping[str, str]]]]) -> Plan
                 plan.private_by_creator[key] = action  # type: ignore[index]
             elif kind == "mask":
                 masks[key] = action  # type: ignore[index]
+            elif kind == "vr":
+                plan.by_vr[key] = action  # type: ignore[index]
             else:
                 plan.private_default = action
     # Narrower masks (more fixed bits) first, so (60XX,3000) beats (60XX,XXXX).

@@ -45,7 +45,7 @@ METHOD_CODES: dict[str, tuple[str, str]] = {
     "retain_institution_identity": ("113112", "Retain Institution Identity Option"),
 }
 
-_MANIFEST_KEYS = {"name", "version", "description", "recipes", "pseudonym", "sop_classes"}
+_MANIFEST_KEYS = {"name", "version", "description", "recipes", "pseudonym", "sop_classes", "vocabulary"}
 _PSEUDONYM_KEYS = {"prefix", "length", "date_shift_days"}
 _STORAGE_NAMES = {info[0]: uid for uid, info in UID_dictionary.items() if info[1] == "SOP Class"}
 
@@ -63,6 +63,7 @@ class Profile:
     plan: Plan
     pseudonym: PseudonymSettings
     sop_classes: frozenset[str]
+    vocabulary: frozenset[str] = frozenset()  # the site's words, added to the shipped imaging vocabulary
 
     @property
     def method_codes(self) -> list[tuple[str, str]]:
@@ -80,6 +81,10 @@ class Profile:
     @property
     def uids_kept(self) -> bool:
         return "retain_uids" in self.options
+
+    @property
+    def institution_kept(self) -> bool:
+        return "retain_institution_identity" in self.options
 
 
 def resolve(name_or_path: str) -> Path:
@@ -127,6 +132,7 @@ def load(name_or_path: str) -> Profile:
         plan=plan,
         pseudonym=_pseudonym(data.get("pseudonym") or {}, manifest),
         sop_classes=_sop_classes(data.get("sop_classes", "all-storage"), manifest),
+        vocabulary=_vocabulary(data.get("vocabulary", []), manifest),
     )
 
 
@@ -205,6 +211,24 @@ def _pseudonym(section: Any, manifest: Path) -> PseudonymSettings:
     if problems:
         raise ProfileError(f"{manifest}: {problems[0]}")
     return settings
+
+
+def _vocabulary(value: Any, manifest: Path) -> frozenset[str]:
+    """Words a site adds to the imaging vocabulary: files of one word a line, beside the manifest."""
+    from agent.detectors.lexicon import load_words
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ProfileError(f"{manifest}: vocabulary: a list of word files, relative to {manifest.parent}")
+    words: set[str] = set()
+    for name in value:
+        path = manifest.parent / name
+        if not path.is_file():
+            raise ProfileError(f"{manifest}: vocabulary: {path} does not exist")
+        try:
+            words |= load_words(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ProfileError(f"{manifest}: vocabulary: {path} cannot be read ({type(exc).__name__})") from None
+    return frozenset(words)
 
 
 def _sop_classes(value: Any, manifest: Path) -> frozenset[str]:
