@@ -10,12 +10,13 @@ returns a `Refusal` or None.
 
 from __future__ import annotations
 
+import bisect
 import io
 import re
 
 from pydicom import dcmread
 from pydicom.charset import convert_encodings
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
 from agent.deidentify import DeidentifiedInstance, Profile
@@ -38,6 +39,10 @@ _NAME_LABELS = frozenset({"patient_name", "person_name"})
 #: handles them), not numbers or coded strings.
 _SEARCHED_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
 _PROSE_VRS = frozenset({"PN", "LT", "ST", "UT"})
+_WORD = re.compile(r"[^\W_]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")  # control characters text may not hold (PS3.5 6.1.2)
+_NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "AT", "SV", "UV", "US or SS"})
+_BYTES_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN", "OB or OW", "US or OW", "US or SS or OW"})
 _MAX_BYTES_SEARCHED = 1 << 20  # binary values are searched in their first MiB
 
 
@@ -75,7 +80,7 @@ def verify_output(encoded: bytes, result: DeidentifiedInstance, profile: Profile
         return Refusal(Reason.INVALID_OUTPUT, f"the output does not parse back ({type(exc).__name__})")
     search = _Search(result, scanner, *search_modes(profile))
     try:
-        refusal = search.dataset(out, "", _codecs(out, ["iso8859"]), top=True)
+        refusal = search.collect(out, "", _codecs(out, ["iso8859"]), top=True) or search.verdict()
     except RecursionError:
         refusal = Refusal(Reason.INVALID_OUTPUT, "the output nests too deep to be searched")
     return refusal or _identity_checks(out, result, profile)
@@ -90,6 +95,8 @@ _DEVICE_ATTRIBUTES = frozenset({
 })  # fmt: skip
 _DEVICE_RECIPES = ("deid.retain_device_identity", "deid.retain_institution_identity")
 _modes: dict[int, tuple[frozenset[int], frozenset[int]]] = {}
+_VERIFIED_PATIENTS = 64  # bounds on TextScanner.verified, the values the gate found clean
+_VERIFIED_VALUES = 200_000
 
 
 def search_modes(profile: Profile) -> tuple[frozenset[int], frozenset[int]]:
@@ -108,85 +115,189 @@ def search_modes(profile: Profile) -> tuple[frozenset[int], frozenset[int]]:
 
 
 class _Search:
-    """One walk over an output, refusing at the first identifying value."""
+    """One search of an output: every value is collected by one walk, then searched in bulk.
+
+    The source's identifiers are one pattern run once over all values joined; the detectors run
+    per text value (cached by text). The refusal names the first value in walk order that holds
+    anything, whichever search found it.
+    """
 
     def __init__(self, result: DeidentifiedInstance, scanner: TextScanner, device: frozenset[int],
                  cleaned: frozenset[int]) -> None:
-        self.result = result
         self.identifiers = result.identifiers
         self.scanner = scanner
         self.device = device
         self.cleaned = cleaned
-        self.pseudonyms = {result.patient_pseudonym.lower()}
+        self.pseudonym = result.patient_pseudonym.lower()
+        self.new_uids = frozenset(result.uid_map.values())
+        self.entries: list[tuple[str, int, str, str]] = []  # (vr, tag, path of the parent, text)
 
-    def dataset(self, ds: Dataset, path: str, codecs: list[str], *, top: bool = False) -> Refusal | None:
+    def collect(self, ds: Dataset, path: str, codecs: list[str], *, top: bool = False) -> Refusal | None:
+        """Every value of `ds` at any depth, decoded; a refusal only for a value that cannot be."""
         sources = ([ds.file_meta] if top and hasattr(ds, "file_meta") else []) + [ds]
         for source in sources:
             for tag in list(source.keys()):
-                where = f"{path}({tag >> 16:04X},{tag & 0xFFFF:04X})"
+                raw = source.get_item(tag)
+                raw_vr = getattr(raw, "VR", None)
+                if raw_vr in _NUMBER_VRS:
+                    continue  # binary numbers: no text can hide in them
+                if raw_vr in _BYTES_VRS and isinstance(raw.value, bytes):
+                    self._add("UN", tag, path, _decodings(raw.value, codecs))
+                    continue
+                text = _plain_text(raw)
+                if text is not None:
+                    # Plain ASCII text reads the same in every character set: no need for pydicom's
+                    # conversion, which is most of the cost of searching an output.
+                    self._add(str(raw_vr), tag, path, text.split("\\"))
+                    continue
                 try:
                     elem = source[tag]  # decoded in the dataset's character set
                 except Exception as exc:  # pydicom raises many types; its message may quote values
+                    where = f"{path}{_tag_text(tag)}"
                     return Refusal(Reason.INVALID_OUTPUT, f"{where} cannot be decoded ({type(exc).__name__})")
-                refusal = self._searched(elem, where, codecs)
-                if refusal:
-                    return refusal
+                if elem.VR == "SQ":
+                    for index, item in enumerate(elem.value or []):
+                        refusal = self.collect(item, f"{path}{_tag_text(tag)}[{index}] > ", _codecs(item, codecs))
+                        if refusal:
+                            return refusal
+                elif isinstance(elem.value, bytes):
+                    self._add("UN", tag, path, _decodings(elem.value, codecs))
+                else:
+                    self._add(str(elem.VR), tag, path, _texts(elem.value))
         return None
 
-    def _searched(self, elem: DataElement, where: str, codecs: list[str]) -> Refusal | None:
-        if elem.VR != "SQ":
-            return self.element(elem, where, codecs)
-        for index, item in enumerate(elem.value or []):
-            refusal = self.dataset(item, f"{where}[{index}] > ", _codecs(item, codecs))
-            if refusal:
-                return refusal
-        return None
-
-    def element(self, elem: DataElement, where: str, codecs: list[str]) -> Refusal | None:
-        vr = str(elem.VR)
-        value = elem.value
-        if isinstance(value, bytes):
-            texts = _decodings(value, codecs)
-            vr = "UN"
-        else:
-            texts = _texts(value)
+    def _add(self, vr: str, tag: int, path: str, texts: list[str]) -> None:
         for text in texts:
-            if not text:
-                continue
-            refusal = self._source(text, vr, elem.tag, where) or self._detectors(text, vr, elem.tag, where)
-            if refusal:
-                return refusal
+            if text and not (vr == "UI" and text in self.new_uids):  # UIDs this agent made hold nothing
+                self.entries.append((vr, tag, path, text))
+
+    def verdict(self) -> Refusal | None:
+        """The refusal for the first value, in walk order, that holds anything identifying.
+
+        A value already found clean in an earlier instance with the same source identifiers (the
+        same patient: most values of a study repeat) is not searched again, but for original
+        UIDs, which differ from instance to instance.
+        """
+        fingerprint = frozenset(self.identifiers.values)
+        verified = self.scanner.verified  # per profile: its vocabulary and modes decide what is clean
+        known = verified.setdefault(fingerprint, set())
+        keys = [(vr, self._mode(vr, tag, path), text) for vr, tag, path, text in self.entries]
+        pending = [i for i, key in enumerate(keys) if key not in known]
+        best: tuple[int, Refusal] | None = None
+        for found in (self._source_identifiers(pending), self._unspaced(pending), self._original_uids(),
+                      self._near_misses(pending)):
+            if found is not None and (best is None or found[0] < best[0]):
+                best = found
+        detected = self._detectors(pending, best[0] if best else len(self.entries))
+        if detected is not None:
+            best = detected
+        if best is not None:
+            return best[1]
+        if len(verified) > _VERIFIED_PATIENTS or len(known) > _VERIFIED_VALUES:
+            verified.clear()
+            known = verified.setdefault(fingerprint, set())
+        known.update(keys)
         return None
 
-    def _source(self, text: str, vr: str, tag: int, where: str) -> Refusal | None:
-        for _start, _end, label in sorted(self.identifiers.spans(text)):
-            if vr == "CS" and label.removeprefix("near_miss_") in _NAME_LABELS:
-                continue  # a coded string holds defined terms: PERFUSION is not the patient Perfusion
-            if label.removeprefix("near_miss_") == "institution" and self._mode(vr, tag, where) == "device":
-                continue  # a hospital named after its scanner's maker ("TOSHIBA") is no leak in Manufacturer
-            if label.startswith("near_miss_") and vr not in _SEARCHED_VRS:
-                continue
-            return Refusal(Reason.RESIDUAL_IDENTIFIER, f"{label} found in {where}")
-        return None
+    def _where(self, index: int) -> str:
+        _vr, tag, path, _text = self.entries[index]
+        return f"{path}{_tag_text(tag)}"
 
-    def _detectors(self, text: str, vr: str, tag: int, where: str) -> Refusal | None:
-        if vr not in _SEARCHED_VRS or text.strip().lower() in self.pseudonyms:
+    def _hit(self, index: int, label: str) -> tuple[int, Refusal] | None:
+        vr, tag, path, _text = self.entries[index]
+        base = label.removeprefix("near_miss_")
+        if vr == "CS" and base in _NAME_LABELS:
+            return None  # a coded string holds defined terms: PERFUSION is not the patient Perfusion
+        if base == "institution" and self._mode(vr, tag, path) == "device":
+            return None  # a hospital named after its scanner's maker ("TOSHIBA") is no leak in Manufacturer
+        return index, Refusal(Reason.RESIDUAL_IDENTIFIER, f"{label} found in {self._where(index)}")
+
+    def _in_bulk(self, pattern: re.Pattern[str] | None, indexes: list[int]) -> tuple[int, Refusal] | None:
+        """Run `pattern` once over the values at `indexes`, joined by NUL (a word boundary, in no value)."""
+        if pattern is None or not indexes:
             return None
-        if any(ord(c) < 32 and c not in "\t\n\r\f\x1b" for c in text.rstrip("\x00 ")):
-            return Refusal(Reason.INVALID_OUTPUT, f"control characters in {where}: a damaged value")
-        found = self.scanner.first(text, self._mode(vr, tag, where))
-        if found is not None:
-            return Refusal(Reason.RESIDUAL_IDENTIFIER, f"{found.detector} found in {where}")
+        starts, parts, offset = [], [], 0
+        for index in indexes:
+            starts.append(offset)
+            parts.append(self.entries[index][3])
+            offset += len(parts[-1]) + 1
+        for match in pattern.finditer("\x00".join(parts)):
+            index = indexes[bisect.bisect_right(starts, match.start()) - 1]
+            hit = self._hit(index, self.identifiers.label_of(match.group(0)))
+            if hit is not None:
+                return hit
         return None
 
+    def _source_identifiers(self, pending: list[int]) -> tuple[int, Refusal] | None:
+        return self._in_bulk(self.identifiers.text_pattern, pending)
 
-    def _mode(self, vr: str, tag: int, where: str) -> Mode:
+    def _unspaced(self, pending: list[int]) -> tuple[int, Refusal] | None:
+        indexes = [i for i in pending if not self.entries[i][3].isascii()]
+        return self._in_bulk(self.identifiers.unspaced_pattern if indexes else None, indexes)
+
+    def _original_uids(self) -> tuple[int, Refusal] | None:
+        for index, (_vr, _tag, _path, text) in enumerate(self.entries):
+            if len(text) >= 7 and "." in text and self.identifiers.holds_uid(text):
+                return self._hit(index, "uid")
+        return None
+
+    def _near_misses(self, pending: list[int]) -> tuple[int, Refusal] | None:
+        """Words one character away from a source identifier, in text values."""
+        words: dict[str, int] = {}
+        for index in pending:
+            vr, _tag, _path, text = self.entries[index]
+            if vr in _SEARCHED_VRS:
+                for word in _WORD.findall(text):
+                    if len(word) >= 5:
+                        words.setdefault(word.lower(), index)
+        hits = [(index, label) for word, index in words.items()
+                if (label := self.identifiers.near_miss(word)) is not None]
+        for index, label in sorted(hits):
+            hit = self._hit(index, label)
+            if hit is not None:
+                return hit
+        return None
+
+    def _detectors(self, pending: list[int], before: int) -> tuple[int, Refusal] | None:
+        """The detectors over each text value before index `before` (a later hit would not be first)."""
+        for index in pending:
+            if index >= before:
+                break
+            vr, tag, path, text = self.entries[index]
+            if vr not in _SEARCHED_VRS or text.strip().lower() == self.pseudonym:
+                continue
+            if _CONTROL.search(text.rstrip("\x00 ")):
+                return index, Refusal(Reason.INVALID_OUTPUT, f"control characters in {self._where(index)}: a damaged value")
+            found = self.scanner.first(text, self._mode(vr, tag, path))
+            if found is not None:
+                return index, Refusal(Reason.RESIDUAL_IDENTIFIER, f"{found.detector} found in {self._where(index)}")
+        return None
+
+    def _mode(self, vr: str, tag: int, path: str) -> Mode:
         # Private creators name a vendor's block ("GEMS_SERS_01"): a product, like a device value.
         if tag in self.device or (tag >> 16 & 1 and 0x10 <= tag & 0xFFFF <= 0xFF):
             return "device"
-        if vr in _PROSE_VRS or tag in self.cleaned or " > " in where:
+        if vr in _PROSE_VRS or tag in self.cleaned or path:
             return "prose"  # free text, person names, what the profile cleans, text inside items
         return "kept"
+
+
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+_ASCII_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
+                             "UI", "UR", "UT"})
+
+
+def _plain_text(raw: object) -> str | None:
+    """The value of a raw text element whose bytes are plain ASCII, or None to let pydicom decode."""
+    if not isinstance(raw, RawDataElement) or raw.VR not in _ASCII_TEXT_VRS or not isinstance(raw.value, bytes):
+        return None
+    value = raw.value
+    if not value.isascii() or b"\x1b" in value:
+        return None
+    return value.decode("ascii").strip("\x00 ")
 
 
 def _codecs(ds: Dataset, inherited: list[str]) -> list[str]:

@@ -38,6 +38,8 @@ _DATE_FORMATS = (
 _NEAR_MISS_MIN = 5  # values this long are also found with one character changed
 _NAME_SPLIT = re.compile(r"[\s\-'\u2019.,]+")
 _WORD = re.compile(r"[^\W_]+")
+_SEPARATOR = re.compile(r"[\s\-_.,'^]+")
+_SEPARATORS = r"[\s\-_.,'^]+"  # between the words of a value, any run of these matches
 # Scripts written without spaces between words: their names are searched without word boundaries,
 # a one-character surname included.
 _UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
@@ -80,6 +82,7 @@ class SourceIdentifiers:
     uids: set[str] = field(default_factory=set)
     _text: re.Pattern[str] | None = None
     _unspaced: re.Pattern[str] | None = None
+    _unspaced_built: bool = False
     _fuzzy: dict[str, str] | None = None
 
     def add(self, label: str, text: str | None) -> None:
@@ -93,6 +96,7 @@ class SourceIdentifiers:
         if lowered not in self.values:
             self.values[lowered] = label
             self._text = self._unspaced = None
+            self._unspaced_built = False
             self._fuzzy = None
 
     def add_uid(self, uid: str) -> None:
@@ -177,22 +181,16 @@ class SourceIdentifiers:
         `SMITH-JOHN` are the name `Smith John`.
         """
         if self._text is None and self.values:
-            spaced = [v for v in self.values if not _UNSPACED.search(v)]
-            alternation = "|".join(
-                r"[\s\-_.,'^]+".join(re.escape(w) for w in re.split(r"[\s\-_.,'^]+", v) if w) or re.escape(v)
-                for v in sorted(spaced, key=len, reverse=True)
-            )
-            if alternation:
-                self._text = re.compile(rf"(?<![^\W_])(?:{alternation})(?![^\W_])", re.IGNORECASE)
+            self._text = _compile_words(frozenset(self.values))
         return self._text
 
     @property
     def unspaced_pattern(self) -> re.Pattern[str] | None:
         """Values in scripts without spaces (CJK, Hangul), searched anywhere, one character included."""
-        if self._unspaced is None:
+        if not self._unspaced_built:
             unspaced = [v for v in self.values if _UNSPACED.search(v)]
-            if unspaced:
-                self._unspaced = re.compile(self._alternation(unspaced))
+            self._unspaced = re.compile(self._alternation(unspaced)) if unspaced else None
+            self._unspaced_built = True
         return self._unspaced
 
     def label_of(self, matched: str) -> str:
@@ -216,30 +214,42 @@ class SourceIdentifiers:
             }
         return self._fuzzy
 
-    def spans(self, text: str) -> list[tuple[int, int, str]]:
-        """Every identifying value in `text`: (start, end, label), exact forms and near misses."""
+    def spans(self, text: str, *, near_misses: bool = True) -> list[tuple[int, int, str]]:
+        """Every identifying value in `text`: (start, end, label), exact forms and near misses.
+
+        `near_misses=False` for values that are not text (numbers, codes, dates, UIDs).
+        """
         found: list[tuple[int, int, str]] = []
         pattern = self.text_pattern
         if pattern is not None:
             found.extend((m.start(), m.end(), self.label_of(m.group(0))) for m in pattern.finditer(text))
-        unspaced = self.unspaced_pattern
+        unspaced = self.unspaced_pattern if not text.isascii() else None
         if unspaced is not None:
             found.extend((m.start(), m.end(), self.label_of(m.group(0))) for m in unspaced.finditer(text))
-        choices = self._near_miss_choices()
-        if choices:
+        if near_misses and self._near_miss_choices():
             for m in _WORD.finditer(text):
-                word = m.group(0).lower()
-                if len(word) < _NEAR_MISS_MIN or word in choices:
-                    continue
-                best = fuzzy_process.extractOne(word, choices.keys(), scorer=Levenshtein.distance, score_cutoff=1)
-                if best is not None:
-                    found.append((m.start(), m.end(), "near_miss_" + choices[best[0]]))
-        if self.uids:
+                label = self.near_miss(m.group(0))
+                if label is not None:
+                    found.append((m.start(), m.end(), label))
+        if self.uids and len(text) >= 7 and "." in text:
             for uid in self.uids:
                 start = text.find(uid)
                 if start >= 0 and _holds_uid(text, uid):
                     found.append((start, start + len(uid), "uid"))
         return found
+
+    def near_miss(self, word: str) -> str | None:
+        """`near_miss_<label>` when `word` is one character away from a source identifier."""
+        choices = self._near_miss_choices()
+        word = word.lower()
+        if len(word) < _NEAR_MISS_MIN or not choices or word in choices:
+            return None
+        best = fuzzy_process.extractOne(word, choices.keys(), scorer=Levenshtein.distance, score_cutoff=1)
+        return None if best is None else "near_miss_" + choices[best[0]]
+
+    def holds_uid(self, text: str) -> bool:
+        """Whether `text` holds one of the source's original UIDs as a whole UID."""
+        return any(uid in text and _holds_uid(text, uid) for uid in self.uids)
 
     def find_in_text(self, text: str) -> str | None:
         """The label of the first identifying value in `text`, or None."""
@@ -251,6 +261,17 @@ class SourceIdentifiers:
         from agent.detectors.scan import redact
 
         return redact(text, [(start, end) for start, end, _ in self.spans(text)])
+
+
+@functools.lru_cache(maxsize=256)
+def _compile_words(values: frozenset[str]) -> re.Pattern[str] | None:
+    """The whole-word pattern of a set of values; cached, as every instance of a patient has the same."""
+    spaced = [v for v in values if not _UNSPACED.search(v)]
+    alternation = "|".join(
+        _SEPARATORS.join(re.escape(w) for w in _SEPARATOR.split(v) if w) or re.escape(v)
+        for v in sorted(spaced, key=len, reverse=True)
+    )
+    return re.compile(rf"(?<![^\W_])(?:{alternation})(?![^\W_])", re.IGNORECASE) if alternation else None
 
 
 @functools.lru_cache(maxsize=4096)
