@@ -264,7 +264,7 @@ class _Search:
             if index >= before:
                 break
             vr, tag, path, text = self.entries[index]
-            if vr not in _SEARCHED_VRS or text.strip().lower() == self.pseudonym:
+            if vr not in _SEARCHED_VRS or text.strip(" ^").lower() == self.pseudonym:
                 continue
             if _CONTROL.search(text.rstrip("\x00 ")):
                 return index, Refusal(Reason.INVALID_OUTPUT, f"control characters in {self._where(index)}: a damaged value")

@@ -78,6 +78,17 @@ def run(site_key: SiteKey) -> Callable[..., Outcome]:
     return process
 
 
+@pytest.fixture
+def run_bytes(site_key: SiteKey) -> Callable[..., Outcome]:
+    """Run a file's bytes as they are (damaged ones included) through every stage, gate included."""
+
+    def process(data: bytes, profile: str | Profile = "nccid") -> Outcome:
+        chosen = shipped(profile) if isinstance(profile, str) else profile
+        return InstanceProcessor(chosen, site_key).process(data, "test")
+
+    return process
+
+
 def output_of(outcome: Outcome) -> Dataset:
     """The released dataset, parsed back from the bytes that would leave."""
     assert outcome.status == "passed", outcome.refusal

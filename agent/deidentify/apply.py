@@ -42,9 +42,10 @@ _RAW_SAFE_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH
 _ASCII_VRS = {"AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
 _TEXT_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"}
 _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"}
+# The PN dummy carries its component delimiter (a PN without `^` is the retired form).
 _DUMMY: dict[str, Any] = {
     "AE": "ANONYMIZED", "AS": "000Y", "CS": "ANONYMIZED", "DA": "19000101", "DS": "0",
-    "DT": "19000101000000", "IS": "0", "LO": "ANONYMIZED", "LT": "ANONYMIZED", "PN": "ANONYMIZED",
+    "DT": "19000101000000", "IS": "0", "LO": "ANONYMIZED", "LT": "ANONYMIZED", "PN": "ANONYMIZED^",
     "SH": "ANONYMIZED", "ST": "ANONYMIZED", "TM": "000000", "UC": "ANONYMIZED", "UR": "urn:anonymized",
     "UT": "ANONYMIZED", "FL": 0.0, "FD": 0.0, "SL": 0, "SS": 0, "SV": 0, "UL": 0, "US": 0, "UV": 0,
     "AT": 0, "US or SS": 0,
@@ -61,6 +62,16 @@ _NUMBER_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "IS", "DS", "AT", "SV", "UV",
 _REMOVED_WHEN_BLANKED = {0x00081110}  # Referenced Study Sequence (General Study Module)
 _FREE_TEXT_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}
 _ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) Item, little endian: how a UN sequence starts
+
+
+# PS3.5 Table 6.2-1: the longest value of each text VR, in characters.
+_MAX_LENGTH = {"AE": 16, "CS": 16, "LO": 64, "SH": 16, "PN": 64 * 5, "ST": 1024, "LT": 10240, "UC": 2**32 - 2}
+
+
+def _fit(value: str, vr: str) -> str:
+    """A cleaned value cut to its VR's length (a damaged source can be longer than its VR allows)."""
+    limit = _MAX_LENGTH[vr]
+    return "\\".join(v[:limit].rstrip() for v in value.split("\\"))
 
 
 class Refused(Exception):
@@ -351,7 +362,9 @@ class Deidentifier:
         elif op is Op.UID:
             value = self._uids(before, ctx) if vr in ("UI", "UN") else _DUMMY.get(vr)
         elif op is Op.PATIENT_PSEUDONYM:
-            value = ctx.patient_pseudonym
+            # A person name with its component delimiter: the pseudonym is the family name
+            # (a PN without `^` is the retired form dciodvfy warns about).
+            value = ctx.patient_pseudonym + "^" if vr == "PN" else ctx.patient_pseudonym
         elif op is Op.ACCESSION_PSEUDONYM:
             source = self._text(ds, tag) if not before else before
             value = self.pseudonyms.accession_pseudonym(source) if source.strip() else ""
@@ -367,6 +380,8 @@ class Deidentifier:
             # No valid replacement exists for this VR (binary, unknown): removal is the safe choice.
             self._remove(ds, tag, ctx, path, action)
             return
+        if op in (Op.CLEAN, Op.VOCABULARY) and isinstance(value, str) and vr in _MAX_LENGTH:
+            value = _fit(value, vr)
         if op in (Op.CLEAN, Op.VOCABULARY) and value == before:
             # Clean text with nothing to remove stays as it came, so its sequence can stay raw.
             if ctx.changes is not None:

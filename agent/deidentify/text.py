@@ -16,8 +16,10 @@ from agent.deidentify.identifiers import SourceIdentifiers
 from agent.detectors.scan import TextScanner, redact
 
 _TOKEN = re.compile(r"[^\W_]+(?:\.\d+)?")
-_NUMBER = re.compile(r"\d{1,4}(?:\.\d+)?")
-_NUMBER_UNIT = re.compile(r"(\d{1,4}(?:\.\d+)?)([A-Z]{1,4})")
+_NUMBER = re.compile(r"\d{1,4}(?:\.\d{1,3})?")
+_NUMBER_UNIT = re.compile(r"(\d{1,4}(?:\.\d{1,3})?)([A-Z]{1,4})")
+# Dotted digit groups (a UID, a version, an IP address): never a measurement, starred whole.
+_DOTTED = re.compile(r"\d+(?:\.\d+){2,}\.?")
 _WORD_NUMBER = re.compile(r"([A-Z]{1,8})(\d{1,3})")
 _STARS = re.compile(r"\*(?:[\s\-_/.,:;+&]*\*)+")
 # Printable separators kept between vocabulary words; control characters never survive (a damaged
@@ -37,7 +39,7 @@ def clean(text: str, identifiers: SourceIdentifiers, scanner: TextScanner) -> st
 
 def keep_vocabulary(text: str, identifiers: SourceIdentifiers, scanner: TextScanner) -> str:
     """Only imaging vocabulary (and short numbers) survives; every other token becomes `*`."""
-    cleaned = clean(text, identifiers, scanner)
+    cleaned = _DOTTED.sub("*", clean(text, identifiers, scanner))
     vocabulary = scanner.vocabulary
     out: list[str] = []
     position = 0

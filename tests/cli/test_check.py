@@ -155,13 +155,13 @@ def test_json_has_per_attribute_rows_and_the_verdict(check: Callable[..., Run], 
 
 
 def test_nccid_patient_name_is_the_patient_pseudonym(check: Callable[..., Run]) -> None:
-    """Under nccid PatientName's after value equals PatientID's: the pseudonym that names the output folder."""
+    """Under nccid PatientName's after value is PatientID's as a family name: the pseudonym that names the output folder."""
     report = _only(check("CT_small.dcm"))
     rows = _rows(report)
     pseudonym = rows[PATIENT_ID]["after"]
     assert rows[PATIENT_ID]["before"] == "1CT1"
     assert re.fullmatch(r"[0-9A-Z]{12}", pseudonym)
-    assert rows[PATIENT_NAME]["after"] == pseudonym
+    assert rows[PATIENT_NAME]["after"] == pseudonym + "^"
     assert report["output"].split("/")[0] == pseudonym
 
 
@@ -357,7 +357,7 @@ def test_transfer_syntax_does_not_change_deidentification(mr_reports: dict[str, 
     assert report["verdict"] == "pass", report.get("detail")
     pseudonym = _rows(reference)[PATIENT_ID]["after"]
     assert _rows(report)[PATIENT_ID]["after"] == pseudonym
-    assert _rows(report)[PATIENT_NAME]["after"] == pseudonym
+    assert _rows(report)[PATIENT_NAME]["after"] == pseudonym + "^"
     assert report["output"] == reference["output"]
     assert OUTPUT_PATH.match(report["output"])
     header = {k: r["after"] for k, r in _rows(report).items() if k not in _ENCODING_ROWS}

@@ -142,7 +142,7 @@ def test_retain_safe_private(compose: Callable, run: Callable, ct: Dataset) -> N
 def test_nccid_profile(run: Callable, ct: Dataset) -> None:
     """nccid: PatientID and PatientName both become the patient pseudonym; its options are recorded."""
     out = output_of(run(ct, "nccid"))
-    assert out.PatientID == str(out.PatientName) and len(out.PatientID) == 12
+    assert out.PatientID == out.PatientName.family_name and len(out.PatientID) == 12
     assert out.PatientSex == "M" and out.StationName == STATION_NAME
     assert out.AccessionNumber != PATIENT.accession and len(out.AccessionNumber) == 16
     codes = [i.CodeValue for i in out.DeidentificationMethodCodeSequence]
