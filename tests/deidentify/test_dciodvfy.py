@@ -56,3 +56,22 @@ def test_synthetic_study_gains_no_error(profile: str, run: Callable, tmp_path: P
     for index, ds in enumerate(make_study(Patient(), n_series=1, n_per_series=2)):
         source = write(ds, tmp_path / f"in{index}.dcm")
         assert _new_errors(source, run, profile, tmp_path) == set()
+
+
+def test_free_text_corpus_gains_no_error(run: Callable, tmp_path: Path) -> None:
+    """The free-text corpus, cleaned under nccid (sequences emptied or dummied, names dummied, text
+    removed or reduced to vocabulary), stays as valid as it came."""
+    from tests.verify.corpus import CASES, build
+
+    new: dict[str, set[str]] = {}
+    for case in CASES:
+        source = write(build(case), tmp_path / f"{case.name}.dcm")
+        outcome = run(source, "nccid")
+        if outcome.status != "passed":
+            continue
+        out = tmp_path / f"{case.name}.out.dcm"
+        out.write_bytes(outcome.encoded)
+        errors = dciodvfy_errors(out) - dciodvfy_errors(source)
+        if errors:
+            new[case.name] = errors
+    assert new == {}
