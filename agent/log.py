@@ -42,6 +42,9 @@ def configure(level: str = "info") -> None:
     # URL at INFO and httpcore/h2/hpack trace headers (the bearer token) at DEBUG: warnings only.
     for name in ("pynetdicom", "httpx", "httpcore", "h2", "hpack"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # pydicom's warnings about a damaged value quote the value ("Invalid value for VR UI: '...'"),
+    # and a sender controls it: its own logger stays silent, the agent says what went wrong.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 
 def get(name: str) -> Any:

@@ -7,6 +7,7 @@ dry run shows is exactly what the service would release.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -72,18 +73,34 @@ class InstanceProcessor:
         self.deidentifier = Deidentifier(profile, key, clean_text=clean_text)
 
     def process(self, data: bytes, where: object, *, record: bool = False) -> Outcome:
-        """Run `data` (the source file's bytes) through every stage; raises UnreadableInput only."""
+        """Run `data` (the source file's bytes) through every stage; raises UnreadableInput only.
+
+        pydicom's warnings about damaged input are silenced here: they quote the values they
+        complain about, and the verdict (unreadable, quarantined) already says what went wrong.
+        Not thread-safe (warning filters are global): one processor per process, as the workers are.
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self._process(data, where, record=record)
+
+    def _process(self, data: bytes, where: object, *, record: bool) -> Outcome:
         ds = read_dataset(data, where)
-        meta = getattr(ds, "file_meta", None)
-        if meta is not None and meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
-            return Outcome("skipped", skip_reason="DICOMDIR (its records hold identifiers)")
-        if "SOPInstanceUID" not in ds:
-            raise UnreadableInput(where, "no SOP Instance UID")
-        opaque = self.deidentifier.pseudonyms.opaque_name(str(ds.SOPInstanceUID))
-        refusal = screen(ds, self.profile)
-        if refusal is not None and not record:
-            return Outcome("quarantined", refusal=refusal, opaque_name=opaque)
         try:
+            meta = getattr(ds, "file_meta", None)
+            if meta is not None and meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
+                return Outcome("skipped", skip_reason="DICOMDIR (its records hold identifiers)")
+            if "SOPInstanceUID" not in ds:
+                raise UnreadableInput(where, "no SOP Instance UID")
+            opaque = self.deidentifier.pseudonyms.opaque_name(str(ds.SOPInstanceUID))
+        except UnreadableInput:
+            raise
+        except Exception as exc:  # a damaged meta group or UID: pydicom raises many types, quoting values
+            raise UnreadableInput(where, exc) from None
+        refusal: Refusal | None = None
+        try:
+            refusal = screen(ds, self.profile)
+            if refusal is not None and not record:
+                return Outcome("quarantined", refusal=refusal, opaque_name=opaque)
             result = self.deidentifier.deidentify(ds, record=record)
             buffer = io.BytesIO()
             ds.save_as(buffer, enforce_file_format=True)

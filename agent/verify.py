@@ -13,13 +13,16 @@ from __future__ import annotations
 import bisect
 import io
 import re
+import struct
 
 from pydicom import dcmread
 from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VM, dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
-from agent.deidentify import DeidentifiedInstance, Profile
+from agent.deidentify import DeidentifiedInstance, Profile, pixels
 from agent.deidentify.plan import Op
 from agent.detectors.scan import Mode, TextScanner
 from agent.quarantine import Reason, Refusal
@@ -41,6 +44,8 @@ _SEARCHED_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
 _PROSE_VRS = frozenset({"PN", "LT", "ST", "UT"})
 _WORD = re.compile(r"[^\W_]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")  # control characters text may not hold (PS3.5 6.1.2)
+_DOTTED = re.compile(r"\d+\.\d+\.\d+")
+_DOTTED_UID = re.compile(r"\d+(?:\.\d+){3,}")
 _NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "AT", "SV", "UV", "US or SS"})
 _BYTES_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN", "OB or OW", "US or OW", "US or SS or OW"})
 _MAX_BYTES_SEARCHED = 1 << 20  # binary values are searched in their first MiB
@@ -78,7 +83,9 @@ def verify_output(encoded: bytes, result: DeidentifiedInstance, profile: Profile
         out = dcmread(stream, stop_before_pixels=True)
     except Exception as exc:  # pydicom raises many types; its message may quote values
         return Refusal(Reason.INVALID_OUTPUT, f"the output does not parse back ({type(exc).__name__})")
-    search = _Search(result, scanner, *search_modes(profile))
+    if _pixel_data_too_long(encoded, stream.tell(), out):
+        return Refusal(Reason.INVALID_OUTPUT, "Pixel Data is longer than its image: bytes after the frames")
+    search = _Search(result, scanner, *search_modes(profile), _kept_tags(profile))
     try:
         refusal = search.collect(out, "", _codecs(out, ["iso8859"]), top=True) or search.verdict()
     except RecursionError:
@@ -114,6 +121,17 @@ def search_modes(profile: Profile) -> tuple[frozenset[int], frozenset[int]]:
     return _modes[key]
 
 
+def _kept_tags(profile: Profile) -> frozenset[int]:
+    """Attributes a line of the profile keeps as they are (K)."""
+    key = -id(profile.plan)
+    if key not in _kept:
+        _kept[key] = frozenset(tag for tag, action in profile.plan.exact.items() if action.op is Op.KEEP)
+    return _kept[key]
+
+
+_kept: dict[int, frozenset[int]] = {}
+
+
 class _Search:
     """One search of an output: every value is collected by one walk, then searched in bulk.
 
@@ -123,7 +141,8 @@ class _Search:
     """
 
     def __init__(self, result: DeidentifiedInstance, scanner: TextScanner, device: frozenset[int],
-                 cleaned: frozenset[int]) -> None:
+                 cleaned: frozenset[int], kept: frozenset[int]) -> None:
+        self.kept = kept
         self.identifiers = result.identifiers
         self.scanner = scanner
         self.device = device
@@ -138,9 +157,20 @@ class _Search:
         for source in sources:
             for tag in list(source.keys()):
                 raw = source.get_item(tag)
-                raw_vr = getattr(raw, "VR", None)
-                if raw_vr in _NUMBER_VRS:
-                    continue  # binary numbers: no text can hide in them
+                raw_vr = getattr(raw, "VR", None) or _dictionary_vr(tag)  # implicit VR: the dictionary's
+                if raw_vr in _NUMBER_VRS and isinstance(raw.value, bytes):
+                    # Binary numbers hold no text, unless a damaged length made one swallow the
+                    # elements after it: longer than its value multiplicity allows, or than any
+                    # real list of such numbers in a header (then its bytes are searched).
+                    if len(raw.value) > _longest_number(tag, str(raw_vr)):
+                        where = f"{path}{_tag_text(tag)}"
+                        return Refusal(Reason.INVALID_OUTPUT, f"{where} is longer than its value multiplicity allows: a damaged length")
+                    if len(raw.value) > _SEARCHED_NUMBER_BYTES:
+                        if _DOTTED_UID.search(raw.value.decode("latin-1")):
+                            where = f"{path}{_tag_text(tag)}"
+                            return Refusal(Reason.INVALID_OUTPUT, f"text inside the numbers of {where}: a damaged length")
+                        self._add("UN", tag, path, _decodings(raw.value, codecs))
+                    continue
                 if raw_vr in _BYTES_VRS and isinstance(raw.value, bytes):
                     self._add("UN", tag, path, _decodings(raw.value, codecs))
                     continue
@@ -184,8 +214,8 @@ class _Search:
         keys = [(vr, self._mode(vr, tag, path), text) for vr, tag, path, text in self.entries]
         pending = [i for i, key in enumerate(keys) if key not in known]
         best: tuple[int, Refusal] | None = None
-        for found in (self._source_identifiers(pending), self._unspaced(pending), self._original_uids(),
-                      self._near_misses(pending)):
+        for found in (self._source_identifiers(pending), self._in_bulk(self.identifiers.id_pattern, pending),
+                      self._unspaced(pending), self._original_uids(), self._near_misses(pending)):
             if found is not None and (best is None or found[0] < best[0]):
                 best = found
         detected = self._detectors(pending, best[0] if best else len(self.entries))
@@ -208,7 +238,9 @@ class _Search:
         base = label.removeprefix("near_miss_")
         if vr == "CS" and base in _NAME_LABELS:
             return None  # a coded string holds defined terms: PERFUSION is not the patient Perfusion
-        if base == "institution" and self._mode(vr, tag, path) == "device":
+        if base == "removed_value" and tag in self.kept:
+            return None  # the profile keeps this value here and removes it elsewhere: its choice
+        if base in ("institution", "removed_value") and self._mode(vr, tag, path) == "device":
             return None  # a hospital named after its scanner's maker ("TOSHIBA") is no leak in Manufacturer
         return index, Refusal(Reason.RESIDUAL_IDENTIFIER, f"{label} found in {self._where(index)}")
 
@@ -264,10 +296,14 @@ class _Search:
             if index >= before:
                 break
             vr, tag, path, text = self.entries[index]
+            if vr in _ASCII_TEXT_VRS and _CONTROL.search(text.rstrip("\x00 ")):
+                # Text may not hold these (PS3.5 6.1.2): a damaged length made it swallow other elements.
+                return index, Refusal(Reason.INVALID_OUTPUT, f"control characters in {self._where(index)}: a damaged value")
+            if vr in ("DS", "IS") and _DOTTED.search(text):
+                # A UID where a number belongs: a damaged tag moved it here, unremapped.
+                return index, Refusal(Reason.INVALID_OUTPUT, f"a UID in the number {self._where(index)}: a damaged value")
             if vr not in _SEARCHED_VRS or text.strip(" ^").lower() == self.pseudonym:
                 continue
-            if _CONTROL.search(text.rstrip("\x00 ")):
-                return index, Refusal(Reason.INVALID_OUTPUT, f"control characters in {self._where(index)}: a damaged value")
             found = self.scanner.first(text, self._mode(vr, tag, path))
             if found is not None:
                 return index, Refusal(Reason.RESIDUAL_IDENTIFIER, f"{found.detector} found in {self._where(index)}")
@@ -290,6 +326,31 @@ _ASCII_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT
                              "UI", "UR", "UT"})
 
 
+_SEARCHED_NUMBER_BYTES = 64
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return None
+
+
+_NUMBER_SIZE = {"US": 2, "SS": 2, "US or SS": 2, "UL": 4, "SL": 4, "FL": 4, "AT": 4, "FD": 8, "SV": 8, "UV": 8}
+
+
+def _longest_number(tag: int, vr: str) -> int:
+    """The most bytes a binary number element may hold: its VR's size times its largest VM."""
+    try:
+        vm = dictionary_VM(tag)
+    except KeyError:
+        return 1 << 31  # unknown: nothing to compare with
+    high = vm.split("-")[-1]
+    if not high.isdigit():
+        return 1 << 31  # "1-n", "2-2n": any length
+    return int(high) * _NUMBER_SIZE.get(vr, 8)
+
+
 def _plain_text(raw: object) -> str | None:
     """The value of a raw text element whose bytes are plain ASCII, or None to let pydicom decode."""
     if not isinstance(raw, RawDataElement) or raw.VR not in _ASCII_TEXT_VRS or not isinstance(raw.value, bytes):
@@ -298,6 +359,28 @@ def _plain_text(raw: object) -> str | None:
     if not value.isascii() or b"\x1b" in value:
         return None
     return value.decode("ascii").strip("\x00 ")
+
+
+def _pixel_data_too_long(encoded: bytes, offset: int, out: Dataset) -> bool:
+    """Whether native Pixel Data, read from its element header, is longer than the image it holds."""
+    syntax = out.file_meta.get("TransferSyntaxUID")
+    if syntax is None or UID(syntax).is_deflated or UID(syntax).is_encapsulated:
+        return False
+    little = UID(syntax).is_little_endian
+    header = encoded[offset : offset + 12]
+    if len(header) < 8:
+        return False
+    group, element = struct.unpack("<HH" if little else ">HH", header[:4])
+    if (group, element) != (0x7FE0, 0x0010):
+        return False
+    if UID(syntax).is_implicit_VR:
+        (length,) = struct.unpack("<L" if little else ">L", header[4:8])
+    elif len(header) == 12:
+        (length,) = struct.unpack("<L" if little else ">L", header[8:12])
+    else:
+        return False
+    expected = pixels.expected_length(out)
+    return length != 0xFFFFFFFF and expected is not None and length > expected
 
 
 def _codecs(ds: Dataset, inherited: list[str]) -> list[str]:

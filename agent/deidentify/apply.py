@@ -6,7 +6,9 @@ most of what makes this faster than walking a fully decoded dataset.
 
 from __future__ import annotations
 
+import functools
 import io
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -23,7 +25,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from agent import __version__
-from agent.deidentify import dates, text
+from agent.deidentify import dates, pixels, text
 from agent.deidentify.identifiers import SourceIdentifiers, collect
 from agent.deidentify.plan import Action, Op
 from agent.deidentify.profile import EDITION, Profile
@@ -53,7 +55,11 @@ _DUMMY: dict[str, Any] = {
 _NO_OP = Action(Op.KEEP, "not in profile")
 _OVERLAY_REMOVED = Action(Op.REMOVE, "overlay data removed")
 _CLEAN_NESTED = Action(Op.CLEAN, "not in profile, inside a sequence")
-_UNKNOWN_REMOVED = Action(Op.REMOVE, "unknown to the dictionary, not a sequence")
+_UNKNOWN_REMOVED = Action(Op.REMOVE, "unknown to the dictionary")
+_VR_DIFFERS_REMOVED = Action(Op.REMOVE, "its VR is not the dictionary's: a damaged element")
+_WORDS = re.compile(r"[^\W_]+")
+_REMEMBERED_VRS = {"LO", "SH", "PN", "LT", "ST", "UT", "UC", "AE"}
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _DUMMY_ITEM = Action(Op.DUMMY, "inside a dummied sequence item")
 _KEPT_IN_ITEM = Action(Op.KEEP, "a number inside a dummied sequence item")
 _NUMBER_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "IS", "DS", "AT", "SV", "UV", "US or SS"}
@@ -137,6 +143,42 @@ def _tag_text(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+@functools.lru_cache(maxsize=4096)
+def _known(tag: int) -> bool:
+    """Whether pydicom's dictionary (repeating groups included) knows this public tag."""
+    try:
+        dictionary_VR(tag)
+    except KeyError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=8192)
+def _vr_differs(vr: str, tag: int) -> bool:
+    """Whether an explicit VR contradicts the dictionary's for a known public tag.
+
+    Text VRs stand in for each other in real files (LO for SH, UT for LT) and so do the binary
+    ones (OB, OW, UN): only a VR of another kind, such as UI where a number belongs or LO where a
+    code string belongs, counts.
+    """
+    try:
+        expected = str(dictionary_VR(tag))
+    except KeyError:
+        return False
+    if vr == expected or vr == "UN" or " or " in expected or expected == "UN":
+        return False
+    return _VR_KIND.get(vr, vr) != _VR_KIND.get(expected, expected)
+
+
+_VR_KIND = {
+    **dict.fromkeys(("LO", "SH", "ST", "LT", "UT", "UC", "PN"), "text"),  # CS, AE, UR: kinds of their own
+    **dict.fromkeys(("OB", "OW", "OD", "OF", "OL", "OV"), "binary"),
+    **dict.fromkeys(("US", "SS", "UL", "SL", "SV", "UV"), "integer"),
+    **dict.fromkeys(("DS", "IS"), "decimal"),
+    **dict.fromkeys(("FL", "FD"), "float"),
+}
+
+
 def _vr_of(elem: DataElement | RawDataElement, tag: int) -> str:
     """The element's VR, from the dictionary when the file (implicit VR) or the sender (UN) did not say."""
     vr = elem.VR
@@ -169,9 +211,12 @@ class Deidentifier:
 
     def deidentify(self, ds: Dataset, *, record: bool = False) -> DeidentifiedInstance:
         """De-identify `ds` in place; `record` keeps a per-attribute report for `check`."""
-        source_patient_id = str(ds.get(PATIENT_ID).value or "").strip() if PATIENT_ID in ds else ""
+        source_patient_id = str(ds.get(PATIENT_ID).value or "").strip(" \x00") if PATIENT_ID in ds else ""
         if not source_patient_id:
             raise Refused(Refusal(Reason.NO_PATIENT_ID, "the instance has no Patient ID to derive a pseudonym from"))
+        if _CONTROL.search(source_patient_id):
+            # A damaged Patient ID would make a pseudonym of its own and hide the real one elsewhere.
+            raise Refused(Refusal(Reason.NO_PATIENT_ID, "the Patient ID holds control characters (a damaged value)"))
         identifiers = collect(ds, include_dates=not self.profile.dates_kept,
                               include_institution=not self.profile.institution_kept)
         ctx = _Context(
@@ -182,6 +227,7 @@ class Deidentifier:
             changes=[] if record else None,
         )
         self._walk(ds, ctx, "", top=True)
+        self._trim_pixel_data(ds, ctx)
         self._add(ds, ctx)
         self._mark(ds)
         self._file_meta(ds, ctx)
@@ -208,8 +254,9 @@ class Deidentifier:
         removed_overlays = self._overlay_groups_removed(tags)
         for tag in tags:
             group, element = tag >> 16, tag & 0xFFFF
-            if element == 0 or (top and tag > PIXEL_DATA):
-                # Group lengths are retired and recomputed; nothing may hide after the pixel data.
+            if element == 0 or tag > PIXEL_DATA:
+                # Group lengths are retired and recomputed; nothing may hide after the pixel data
+                # (in an item too, after an icon image's own).
                 self._remove(ds, tag, ctx, path, Action(Op.REMOVE, "nmip-agent"))
                 continue
             if group in removed_overlays:
@@ -225,8 +272,18 @@ class Deidentifier:
                 action = plan.private_action(tag, creators.get((group, element >> 8)))
             else:
                 action = plan.public_action(tag)
+                if action is None and not _known(tag):
+                    # A public tag no dictionary knows and no line names: what it holds cannot be
+                    # judged (a damaged tag moves a UID or a name there), so it goes.
+                    self._remove(ds, tag, ctx, path, _UNKNOWN_REMOVED)
+                    continue
             elem = ds.get_item(tag)
             vr = _vr_of(elem, tag)
+            if not group & 1 and action is None and _vr_differs(vr, tag):
+                # The file says one VR, the dictionary another: a damaged tag moved this value
+                # here (a UID into a number). Unnamed, it would be kept as it came.
+                self._remove(ds, tag, ctx, path, _VR_DIFFERS_REMOVED)
+                continue
             if vr == "UN" and not (action is not None and action.op is Op.REMOVE):
                 # Unknown to the dictionary (implicit VR, or a sender's UN): walked where it parses
                 # as a sequence, removed otherwise unless the profile keeps it.
@@ -282,6 +339,25 @@ class Deidentifier:
             return False
         ds[tag] = DataElement(tag, "SQ", seq)
         return True
+
+    @staticmethod
+    def _trim_pixel_data(ds: Dataset, ctx: _Context) -> None:
+        """Native Pixel Data longer than its image loses the excess: nothing may hide after the frames."""
+        raw = ds.get_item(PIXEL_DATA) if PIXEL_DATA in ds else None
+        value = getattr(raw, "value", None)
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if not isinstance(value, bytes) or syntax is None or UID(syntax).is_encapsulated:
+            return
+        expected = pixels.expected_length(ds)
+        if expected is not None and len(value) > expected:
+            ctx.mutations += 1
+            if isinstance(raw, RawDataElement):
+                ds[PIXEL_DATA] = raw._replace(length=expected, value=value[:expected])
+            else:
+                ds[PIXEL_DATA].value = value[:expected]
+            if ctx.changes is not None:
+                ctx.changes.append(Change("(7FE0,0010)", "PixelData", "trim [nmip-agent]",
+                                          f"{len(value)} bytes", f"{expected} bytes, the image's own"))
 
     def _add(self, ds: Dataset, ctx: _Context) -> None:
         """The recipes' ADD lines: attributes the programme wants in every output."""
@@ -349,6 +425,13 @@ class Deidentifier:
 
     def _apply(self, ds: Dataset, tag: int, vr: str, action: Action, ctx: _Context, path: str) -> None:
         op = action.op
+        if op in (Op.REMOVE, Op.BLANK, Op.DUMMY) and vr in _REMEMBERED_VRS:
+            # What the profile takes away is identifying by its own rules: it must not come back
+            # anywhere else (a damaged tag can move a serial number into an attribute kept as is).
+            # Descriptions made of imaging words ("Carotids") are no identifier, wherever they recur.
+            removed = self._text(ds, tag)
+            if not self._imaging_words(removed):
+                ctx.identifiers.add_removed(removed)
         if op is Op.REMOVE:
             self._remove(ds, tag, ctx, path, action)
             return
@@ -405,6 +488,12 @@ class Deidentifier:
         if vr in _BINARY_VRS:
             return None  # binary content cannot be cleaned: remove it
         return before  # numbers carry no identifiers
+
+    def _imaging_words(self, value: str) -> bool:
+        """Whether every word of `value` is imaging vocabulary (a plural too)."""
+        vocabulary = self.scanner.vocabulary
+        words = _WORDS.findall(value.upper())
+        return bool(words) and all(w in vocabulary or w.rstrip("S") in vocabulary or w.isdigit() for w in words)
 
     def _vocabulary(self, before: str, vr: str, ctx: _Context) -> str | None:
         """Short descriptors: only imaging vocabulary survives (`func:vocabulary`)."""

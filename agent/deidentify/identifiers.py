@@ -36,6 +36,9 @@ _DATE_FORMATS = (
     "%d-%m-%y", "%d.%m.%y", "%d %b %y", "%d-%b-%y", "%b %Y", "%B %Y",
 )  # fmt: skip
 _NEAR_MISS_MIN = 5  # values this long are also found with one character changed
+_SUBSTRING_ID = 6  # IDs this long are also found inside longer words
+_REMOVED_MIN = 6  # values the profile removed are searched elsewhere when this long
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NAME_SPLIT = re.compile(r"[\s\-'\u2019.,]+")
 _WORD = re.compile(r"[^\W_]+")
 _SEPARATOR = re.compile(r"[\s\-_.,'^]+")
@@ -83,6 +86,9 @@ class SourceIdentifiers:
     _text: re.Pattern[str] | None = None
     _unspaced: re.Pattern[str] | None = None
     _unspaced_built: bool = False
+    ids: set[str] = field(default_factory=set)  # lower-cased IDs searched as substrings
+    _ids: re.Pattern[str] | None = None
+    _ids_built: bool = False
     _fuzzy: dict[str, str] | None = None
 
     def add(self, label: str, text: str | None) -> None:
@@ -103,13 +109,43 @@ class SourceIdentifiers:
         self.uids.add(uid)
 
     def add_id(self, label: str, text: str | None) -> None:
-        if not text or not text.strip():
+        """An identifier; a damaged one (control characters inside) also without them and in parts."""
+        if not text or not text.strip(" \x00"):
             return
-        text = text.strip()
+        text = text.strip(" \x00")
         if len(text) < _MIN_ID:
             self.exact_ids[text.lower()] = label
         else:
             self.add(label, text)
+            if len(text) >= _SUBSTRING_ID:
+                self.ids.add(text.lower())
+        if _CONTROL.search(text):
+            self.add_id(label, _CONTROL.sub("", text))
+            for part in _CONTROL.split(text):
+                if len(part) >= _MIN_ID:
+                    self.add_id(label, part)
+
+    def add_removed(self, text: str) -> None:
+        """A text value the profile removed or replaced: searched whole (6+ characters) elsewhere."""
+        text = text.strip(" \x00")
+        if len(text) >= _REMOVED_MIN and not text.replace(".", "").replace(" ", "").isdigit():
+            for single in text.split("\\"):
+                if len(single.strip()) >= _REMOVED_MIN:
+                    self.add("removed_value", single)
+
+    @property
+    def id_pattern(self) -> re.Pattern[str] | None:
+        """IDs of 6+ characters anywhere, even inside a longer word: a damaged length can glue an
+        ID to the bytes around it (`HOSP123456\xfe\xff` decodes as letters in Latin-1)."""
+        if not self._ids_built:
+            # An ID of digits only must not be part of a longer number (a UID, a measurement).
+            digits = [i for i in self.ids if i.isdigit()]
+            others = [i for i in self.ids if not i.isdigit()]
+            parts = ([rf"(?<!\d)(?:{self._alternation(digits)})(?!\d)"] if digits else []) + (
+                [self._alternation(others)] if others else [])
+            self._ids = re.compile("|".join(parts), re.IGNORECASE) if parts else None
+            self._ids_built = True
+        return self._ids
 
     def add_person_name(self, label: str, value: object) -> None:
         """A PN value: the whole name, each part (hyphenated and multi-word parts split too) and
@@ -223,6 +259,9 @@ class SourceIdentifiers:
         pattern = self.text_pattern
         if pattern is not None:
             found.extend((m.start(), m.end(), self.label_of(m.group(0))) for m in pattern.finditer(text))
+        ids = self.id_pattern
+        if ids is not None:
+            found.extend((m.start(), m.end(), self.label_of(m.group(0))) for m in ids.finditer(text))
         unspaced = self.unspaced_pattern if not text.isascii() else None
         if unspaced is not None:
             found.extend((m.start(), m.end(), self.label_of(m.group(0))) for m in unspaced.finditer(text))
