@@ -304,6 +304,8 @@ class _Search:
                 return index, Refusal(Reason.INVALID_OUTPUT, f"a UID in the number {self._where(index)}: a damaged value")
             if vr not in _SEARCHED_VRS or text.strip(" ^").lower() == self.pseudonym:
                 continue
+            if tag in _AGENT_WRITTEN or path.startswith(_AGENT_WRITTEN_SEQUENCE):
+                continue  # the agent's own marking (its version, the key id's hex): no person in it
             found = self.scanner.first(text, self._mode(vr, tag, path))
             if found is not None:
                 return index, Refusal(Reason.RESIDUAL_IDENTIFIER, f"{found.detector} found in {self._where(index)}")
@@ -327,6 +329,11 @@ _ASCII_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT
 
 
 _SEARCHED_NUMBER_BYTES = 64
+# What de-identification writes itself (PS3.15 E.1.1): Patient Identity Removed, De-identification
+# Method (agent version, profile, edition, key id) and its code sequence, Longitudinal Temporal
+# Information Modified. A key id's hex digits can look like a phone number.
+_AGENT_WRITTEN = frozenset({0x00120062, 0x00120063, 0x00280303})
+_AGENT_WRITTEN_SEQUENCE = "(0012,0064)"
 
 
 def _dictionary_vr(tag: int) -> str | None:

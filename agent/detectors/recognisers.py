@@ -18,7 +18,7 @@ from stdnum.gb import nhs
 Span = tuple[int, int]
 
 # NHS numbers (and Scottish CHI numbers, which share the modulus 11 check): ten digits, any spacing.
-_NHS = re.compile(r"(?<![\d.])(\d{3})[ \-]?(\d{3})[ \-]?(\d{4})(?![\d])")
+_NHS = re.compile(r"(?<![\d.])(\d{3})[ \-]?(\d{3})[ \-]?(\d{4})(?![^\W_])")
 _DIGITS = re.compile(r"\d")
 
 # UK postcodes: a real postcode area, a district, then the inward code (PS: no C, I, K, M, O, V).
@@ -84,6 +84,10 @@ def phone_numbers(text: str) -> Iterator[Span]:
         for match in phonenumbers.PhoneNumberMatcher(text, "GB", leniency=phonenumbers.Leniency.POSSIBLE):
             # Written as people write phone numbers (national 0..., international +..., or a
             # number libphonenumber holds valid), not any run of digits of the right length.
+            inside_word = (match.start > 0 and text[match.start - 1].isalnum()) or (
+                match.end < len(text) and text[match.end].isalnum())
+            if inside_word:
+                continue  # digits inside a code or a hex key id are not dialled
             if match.raw_string.lstrip("( ").startswith(("0", "+")) or phonenumbers.is_valid_number(match.number):
                 yield match.start, match.end
     except Exception:  # libphonenumber on hostile text: treat as no match, the other detectors still run

@@ -122,3 +122,83 @@ def test_attribute_newer_than_pydicoms_dictionary_is_matched_by_tag(compose: Cal
     assert outcome.status == "passed", outcome.refusal
     assert b"PLANTEDNICKNAME" not in outcome.encoded
     assert [c.after for c in outcome.result.changes if c.path == "(0010,0011)"] == [None]
+
+
+def test_unknown_sequence_in_implicit_vr_is_walked(run_bytes: Callable) -> None:
+    """A sequence pydicom's dictionary does not know (implicit VR, so UN) is read as one and walked:
+    the name in its item does not leave, where it used to pass as raw bytes."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    from tests.conftest import encode
+
+    surname = Patient().name.split("^")[0]
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "F", "99LOCAL", f"as told by {surname}"
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = True, True
+    write_dataset(buffer, item)
+    value = b"\xfe\xff\x00\xe0" + len(buffer.getvalue()).to_bytes(4, "little") + buffer.getvalue()
+    ds = make_ct_slice(Patient())
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    data = encode(ds)
+    # (0010,0043) Sex Parameters for Clinical Use Category Sequence (2023), which nccid keeps: as a
+    # PACS writes it in implicit VR, bytes pydicom 3.0.2 can only read as UN.
+    element = b"\x10\x00\x43\x00" + len(value).to_bytes(4, "little") + value
+    at = data.index(b"\x28\x00\x02\x00")  # before the image pixel module's first element
+    outcome = run_bytes(data[:at] + element + data[at:])
+    assert outcome.status == "passed", outcome.refusal
+    assert surname.encode() not in outcome.encoded
+    walked = outcome.result.dataset[0x00100043]  # read back, implicit VR makes it UN again
+    assert walked.VR == "SQ" and len(walked.value) == 1 and surname not in str(walked.value[0].CodeMeaning)
+
+
+def test_one_character_surname_is_searched_in_cjk_text(compose: Callable, run: Callable) -> None:
+    """A one-character Chinese surname is found inside unspaced text, where word boundaries do not exist."""
+    ds = make_ct_slice(Patient(name="Wang^Xiaoming=王^小明"))
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.StudyDescription = "王医生"
+    outcome = run(ds, compose(site_recipe="KEEP (0008,1030)"))
+    assert outcome.refusal is not None and outcome.refusal.detail == "patient_name found in (0008,1030)"
+
+
+def test_device_values_that_are_also_surnames_pass(run: Callable) -> None:
+    """Manufacturer "Philips" and a station called after a person are products, not people."""
+    ds = make_ct_slice(Patient(), plant=False)
+    ds.Manufacturer = "Philips"
+    ds.ManufacturerModelName = "Brilliance Kennedy"
+    ds.StationName = "HOLLY"
+    assert run(ds).status == "passed"
+
+
+@pytest.mark.parametrize(
+    ("text", "detector"),
+    [("943 476 5919", "nhs_number"), ("0113 496 0123 for results", "phone"), ("LS1 3EX", "postcode"),
+     ("a.b@example.org", "email"), ("MRN 7734921", "labelled_identifier"), ("3 March 2019", "date"),
+     ("Dr Okafor", "titled_name"), ("Ramanathan", "name_lexicon")],
+)
+def test_each_detector_refuses_kept_free_text(compose: Callable, run: Callable, text: str, detector: str) -> None:
+    """Each detector names itself and the attribute, never the value, whatever the source held."""
+    ds = make_ct_slice(Patient(), plant=False)
+    ds.ImageComments = text
+    outcome = run(ds, compose(site_recipe="KEEP (0020,4000)"))
+    assert outcome.refusal is not None and outcome.refusal.detail == f"{detector} found in (0020,4000)"
+
+
+def test_the_agents_own_marking_never_trips_the_gate() -> None:
+    """De-identification Method names the key id, whose hex digits can look like a phone or an NHS
+    number: whatever the key, a clean instance passes."""
+    import secrets
+
+    from agent.keys import SiteKey
+    from agent.process import InstanceProcessor
+    from tests.conftest import encode, shipped
+
+    data = encode(make_ct_slice(Patient(), plant=False))
+    refused = []
+    for _ in range(60):
+        outcome = InstanceProcessor(shipped("nccid"), SiteKey(secrets.token_bytes(32))).process(data, "test")
+        if outcome.status != "passed":
+            refused.append(outcome.refusal)
+    assert refused == []
