@@ -41,7 +41,7 @@ _LABELLED = re.compile(
     r"\b(?:MRN|NHS\s*(?:No|Number|#)|Hosp(?:ital)?\s*(?:No|Number|#|ID)|Patient\s*(?:ID|No|Number)|"
     r"Case\s*(?:No|Number)|Unit\s*(?:No|Number)|CHI(?:\s*No)?|DOB|D\.O\.B|Date\s+of\s+birth|"
     r"Born|Acc(?:ession)?\s*(?:No|Number|#)|Ref(?:erence)?\s*(?:No|Number|#)|Tel(?:ephone)?|Mob(?:ile)?|Phone)"
-    r"\.?\s*[:#=\-]?\s*(?=[A-Za-z0-9]*\d)[A-Za-z0-9/.\-]{3,}",
+    r"(?:[.:#=\-]|\s)+(?=[A-Za-z0-9]*\d)[A-Za-z0-9/.\-]{3,}",
     re.IGNORECASE,
 )
 
@@ -62,7 +62,7 @@ _DATES = (
     # March 1961 (a birth month and year is identifying enough)
     ("mon_y", re.compile(rf"\b{_MONTH}\.?,?\s+(\d{{4}})(?![\d])", re.I)),
     # 12031961 or 19610312 in one run of digits
-    ("compact", re.compile(r"(?<![\d.])(\d{8})(?![\d.])")),
+    ("compact", re.compile(r"(?<![^\W_]|\.)(\d{8})(?![^\W_]|\.)")),
 )
 
 
