@@ -211,7 +211,8 @@ class _Search:
         fingerprint = frozenset(self.identifiers.values)
         verified = self.scanner.verified  # per profile: its vocabulary and modes decide what is clean
         known = verified.setdefault(fingerprint, set())
-        keys = [(vr, self._mode(vr, tag, path), text) for vr, tag, path, text in self.entries]
+        # (VR, tag, inside an item, value) decides everything the searches judge by.
+        keys = [(vr, tag, bool(path), text) for vr, tag, path, text in self.entries]
         pending = [i for i, key in enumerate(keys) if key not in known]
         best: tuple[int, Refusal] | None = None
         for found in (self._source_identifiers(pending), self._in_bulk(self.identifiers.id_pattern, pending),

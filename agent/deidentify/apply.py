@@ -425,10 +425,11 @@ class Deidentifier:
 
     def _apply(self, ds: Dataset, tag: int, vr: str, action: Action, ctx: _Context, path: str) -> None:
         op = action.op
-        if op in (Op.REMOVE, Op.BLANK, Op.DUMMY) and vr in _REMEMBERED_VRS:
+        if op in (Op.REMOVE, Op.BLANK, Op.DUMMY) and vr in _REMEMBERED_VRS and not tag >> 16 & 1:
             # What the profile takes away is identifying by its own rules: it must not come back
             # anywhere else (a damaged tag can move a serial number into an attribute kept as is).
             # Descriptions made of imaging words ("Carotids") are no identifier, wherever they recur.
+            # Public attributes only: private blocks are removed whole, vendor by vendor.
             removed = self._text(ds, tag)
             if not self._imaging_words(removed):
                 ctx.identifiers.add_removed(removed)

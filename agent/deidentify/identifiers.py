@@ -105,6 +105,11 @@ class SourceIdentifiers:
             self._unspaced_built = False
             self._fuzzy = None
 
+    def copy(self) -> SourceIdentifiers:
+        """A copy to which one instance adds its own values (its UIDs, the names met in its walk)."""
+        return SourceIdentifiers(values=dict(self.values), exact_ids=dict(self.exact_ids), uids=set(self.uids),
+                                 ids=set(self.ids))
+
     def add_uid(self, uid: str) -> None:
         self.uids.add(uid)
 
@@ -335,12 +340,39 @@ def _holds_uid(text: str, uid: str) -> bool:
     return False
 
 
+_COLLECTED_TAGS = (INSTITUTION_NAME, INSTITUTION_DEPARTMENT, INSTITUTION_ADDRESS, *PATIENT_NAMES, *PATIENT_IDS,
+                   OTHER_PATIENT_IDS_SEQUENCE, BIRTH_DATE, ADDRESS, PHONE, *STUDY_DATES)
+_collected: dict[tuple[object, ...], SourceIdentifiers] = {}
+_COLLECTED_LIMIT = 256
+
+
 def collect(ds: Dataset, *, include_dates: bool, include_institution: bool = True) -> SourceIdentifiers:
     """The patient-level identifying values of a source dataset (top level and Other Patient IDs).
 
     Nested names and original UIDs are added while the plan is applied, as they are met. The
-    institution is left out where the profile keeps it (Retain Institution Identity).
+    institution is left out where the profile keeps it (Retain Institution Identity). Every
+    instance of a study repeats these values: their forms are worked out once and copied.
     """
+    key = (include_dates, include_institution, *(_raw_bytes(ds, tag) for tag in _COLLECTED_TAGS))
+    base = _collected.get(key)
+    if base is None:
+        if len(_collected) >= _COLLECTED_LIMIT:
+            _collected.clear()
+        base = _collected[key] = _collect(ds, include_dates=include_dates, include_institution=include_institution)
+    return base.copy()
+
+
+def _raw_bytes(ds: Dataset, tag: int) -> object:
+    """What the element holds, as it came (a sequence by its items' values); None when absent."""
+    if tag not in ds:
+        return None
+    value = getattr(ds.get_item(tag), "value", None)
+    if isinstance(value, (bytes, str)):
+        return value
+    return repr(_value(ds, tag))
+
+
+def _collect(ds: Dataset, *, include_dates: bool, include_institution: bool) -> SourceIdentifiers:
     found = SourceIdentifiers()
     if include_institution:
         for tag in (INSTITUTION_NAME, INSTITUTION_DEPARTMENT):

@@ -44,10 +44,10 @@ class TextScanner:
         self.vocabulary = lexicon.imaging_vocabulary() | frozenset(w.upper() for w in extra_vocabulary)
         self.names = NameFinder(self.vocabulary)
         self._cache: dict[tuple[str, Mode], tuple[Finding, ...]] = {}
-        #: For the release gate: per set of source identifiers, the (VR, mode, value) it found
+        #: For the release gate: per set of source identifiers, the (VR, tag, nested, value) it found
         #: clean, so the values a study repeats are searched once per patient. Kept here because
         #: what is clean depends on this scanner's vocabulary.
-        self.verified: dict[frozenset[str], set[tuple[str, str, str]]] = {}
+        self.verified: dict[frozenset[str], set[tuple[str, int, bool, str]]] = {}
 
     def findings(self, text: str, mode: Mode = "prose") -> tuple[Finding, ...]:
         """Every finding in `text`, in order of position."""
