@@ -25,6 +25,7 @@ from pydicom.uid import UID
 from agent.deidentify import DeidentifiedInstance, Profile, pixels
 from agent.deidentify.plan import Op
 from agent.detectors.scan import Mode, TextScanner
+from agent.elements import Unsure, walk
 from agent.quarantine import Reason, Refusal
 
 #: Modalities whose pixels usually carry burned-in text (ultrasound, secondary capture, external
@@ -86,8 +87,14 @@ def verify_output(encoded: bytes, result: DeidentifiedInstance, profile: Profile
     if _pixel_data_too_long(encoded, stream.tell(), out):
         return Refusal(Reason.INVALID_OUTPUT, "Pixel Data is longer than its image: bytes after the frames")
     search = _Search(result, scanner, *search_modes(profile), _kept_tags(profile))
+    codecs = _codecs(out, ["iso8859"])
     try:
-        refusal = search.collect(out, "", _codecs(out, ["iso8859"]), top=True) or search.verdict()
+        try:
+            refusal = search.collect_raw(encoded, codecs)
+        except Unsure:  # another transfer syntax, non-ASCII text, a shape the walk leaves to pydicom
+            search.entries.clear()
+            refusal = search.collect(out, "", codecs, top=True)
+        refusal = refusal or search.verdict()
     except RecursionError:
         refusal = Refusal(Reason.INVALID_OUTPUT, "the output nests too deep to be searched")
     return refusal or _identity_checks(out, result, profile)
@@ -151,6 +158,27 @@ class _Search:
         self.new_uids = frozenset(result.uid_map.values())
         self.entries: list[tuple[str, int, str, str]] = []  # (vr, tag, path of the parent, text)
 
+    def collect_raw(self, encoded: bytes, codecs: list[str]) -> Refusal | None:
+        """`collect` from the raw bytes of an explicit VR little endian output with ASCII text:
+        the same values, without building a pydicom Dataset for every sequence item."""
+        for element in list(walk(encoded)):
+            tag, vr, path, value = element
+            if vr in _NUMBER_VRS:
+                if len(value) > _longest_number(tag, vr):
+                    return Refusal(Reason.INVALID_OUTPUT, f"{path}{_tag_text(tag)} is longer than its value multiplicity allows: a damaged length")
+                if len(value) > _SEARCHED_NUMBER_BYTES:
+                    if _DOTTED_UID.search(value.decode("latin-1")):
+                        return Refusal(Reason.INVALID_OUTPUT, f"text inside the numbers of {path}{_tag_text(tag)}: a damaged length")
+                    self._add("UN", tag, path, _decodings(value, codecs))
+                continue
+            if vr in _BYTES_VRS:
+                self._add("UN", tag, path, _decodings(value, codecs))
+                continue
+            if (tag == 0x00080005 and path) or not value.isascii() or b"\x1b" in value:
+                raise Unsure  # an item's own character set, or text to decode in the dataset's: pydicom's job
+            self._add(vr, tag, path, value.decode("ascii").strip("\x00 ").split("\\"))
+        return None
+
     def collect(self, ds: Dataset, path: str, codecs: list[str], *, top: bool = False) -> Refusal | None:
         """Every value of `ds` at any depth, decoded; a refusal only for a value that cannot be."""
         sources = ([ds.file_meta] if top and hasattr(ds, "file_meta") else []) + [ds]
@@ -192,7 +220,7 @@ class _Search:
                             return refusal
                 elif isinstance(elem.value, bytes):
                     self._add("UN", tag, path, _decodings(elem.value, codecs))
-                else:
+                elif elem.VR not in _NUMBER_VRS:  # numbers read as numbers hold no text
                     self._add(str(elem.VR), tag, path, _texts(elem.value))
         return None
 
