@@ -60,17 +60,21 @@ def _end_of(data: bytes, position: int) -> int:
     return position + 8 + int(short)
 
 
-def _element_at(data: bytes, position: int, end: int, path: str, depth: int) -> Element:
+def _header(data: bytes, position: int) -> tuple[int, bytes, int, int]:
+    """(tag, VR, where the value starts, its declared length) of the element at `position`."""
     group, number, vr, short = _HEADER.unpack_from(data, position)
     if vr in _LONG_VRS:
-        start, length = position + 12, _LONG.unpack_from(data, position + 8)[0]
-    elif vr in _SHORT_VRS:
-        start, length = position + 8, short
-    else:
-        raise Unsure
+        return group << 16 | number, vr, position + 12, int(_LONG.unpack_from(data, position + 8)[0])
+    if vr in _SHORT_VRS:
+        return group << 16 | number, vr, position + 8, int(short)
+    raise Unsure
+
+
+def _element_at(data: bytes, position: int, end: int, path: str, depth: int) -> Element:
+    tag, vr, start, length = _header(data, position)
     if length == _UNDEFINED or start + length > end:
         raise Unsure
-    return Element(group << 16 | number, vr.decode("ascii"), path, data[start : start + length])
+    return Element(tag, vr.decode("ascii"), path, data[start : start + length])
 
 
 def _elements(data: bytes, position: int, end: int, path: str, depth: int, *, top: bool) -> Iterator[Element]:
@@ -79,25 +83,17 @@ def _elements(data: bytes, position: int, end: int, path: str, depth: int, *, to
     while position < end:
         if position + 8 > end:
             raise Unsure
-        group, number, vr, short = _HEADER.unpack_from(data, position)
-        tag = group << 16 | number
+        if data[position : position + 2] == b"\xfe\xff":
+            raise Unsure  # an item or delimiter where an element belongs
+        tag, vr, start, length = _header(data, position)
         if top and tag == PIXEL_DATA:
-            return
-        if group == 0xFFFE:
-            raise Unsure
-        if vr in _LONG_VRS:
-            start, length = position + 12, _LONG.unpack_from(data, position + 8)[0]
-        elif vr in _SHORT_VRS:
-            start, length = position + 8, short
-        else:
-            raise Unsure
+            return  # the gate reads up to the Pixel Data
         if vr == b"SQ":
-            where = f"{path}({group:04X},{number:04X})"
+            where = f"{path}({tag >> 16:04X},{tag & 0xFFFF:04X})"
             position = yield from _items(data, start, length, end, where, depth + 1)
             continue
-        if length == _UNDEFINED or start + length > end:
-            raise Unsure  # encapsulated data in an item, or cut short: pydicom's job
-        yield Element(tag, vr.decode("ascii"), path, data[start : start + length])
+        element = _element_at(data, position, end, path, depth)  # encapsulated data, cut short: Unsure
+        yield element
         position = start + length
 
 
