@@ -17,6 +17,7 @@ from pathlib import Path
 from agent.deidentify import load_profile
 from agent.errors import UnreadableInput
 from agent.keys import load_key_file
+from agent.limits import Limits, bound_worker_memory
 from agent.process import InstanceProcessor
 from agent.quarantine import quarantine, write_atomically
 
@@ -62,9 +63,10 @@ _processor: InstanceProcessor | None = None
 _job: Job | None = None
 
 
-def _init_worker(profile: str, key_file: Path, job: Job) -> None:
+def _init_worker(profile: str, key_file: Path, job: Job, limits: Limits) -> None:
     global _processor, _job
-    _processor = InstanceProcessor(load_profile(profile), load_key_file(key_file))
+    bound_worker_memory(limits)
+    _processor = InstanceProcessor(load_profile(profile), load_key_file(key_file), limits=limits)
     _job = job
 
 
@@ -161,6 +163,7 @@ def anonymise(
     crosswalk_dir: Path | None = None,
     workers: int | None = None,
     on_report: Callable[[FileReport], None] = lambda report: None,
+    limits: Limits = Limits(),
 ) -> Summary:
     """De-identify every file under `input_dir`; `on_report` is called as each file finishes."""
     workers = workers or os.cpu_count() or 1
@@ -169,7 +172,7 @@ def anonymise(
     crosswalk = Crosswalk(crosswalk_dir) if crosswalk_dir is not None else None
     paths = iter_files(input_dir)
     try:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(profile, key_file, job)) as pool:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(profile, key_file, job, limits)) as pool:
             pending: set[Future[FileReport]] = set()
             exhausted = False
             while pending or not exhausted:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import yaml
 
 from agent.errors import AgentError
+from agent.limits import Limits
 
 
 class ConfigError(AgentError):
@@ -119,6 +120,7 @@ class Config:
     platform: PlatformConfig = field(default_factory=PlatformConfig)
     clinical: ClinicalConfig = field(default_factory=ClinicalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    limits: Limits = field(default_factory=Limits)
     source: Path = Path("config.yaml")
 
 
@@ -217,6 +219,11 @@ def _peers(value: Any) -> tuple[Peer, ...]:
 
 
 _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "limits": {
+        "max_depth": _int(4, 10_000), "max_value_bytes": _int(65_536, 1 << 31), "max_elements": _int(10_000, 100_000_000),
+        "max_instance_mb": _int(16, 1_000_000), "worker_memory_mb": _int(512, 1_000_000),
+        "instance_seconds": _number(1, 86_400),
+    },
     "receive": {
         "ae_title": _ae_title, "bind_address": _address, "port": _int(1, 65535), "allowed_peers": _peers,
         "max_associations": _int(1, 64), "network_timeout_s": _number(1, 3600), "idle_timeout_s": _number(1, 86400),
@@ -242,7 +249,7 @@ _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
 _NOT_ECHOED = {"proxy"}
 _SECTIONS: dict[str, type] = {
     "receive": ReceiveConfig, "spool": SpoolConfig, "pipeline": PipelineConfig, "platform": PlatformConfig,
-    "clinical": ClinicalConfig, "log": LogConfig,
+    "clinical": ClinicalConfig, "log": LogConfig, "limits": Limits,
 }
 
 

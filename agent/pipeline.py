@@ -46,6 +46,7 @@ from agent import log
 from agent.deidentify import load_profile
 from agent.errors import UnreadableInput
 from agent.keys import load_key_file
+from agent.limits import Limits, bound_worker_memory
 from agent.process import InstanceProcessor
 from agent.processes import name_process
 from agent.quarantine import Reason, Refusal, quarantine, write_atomically
@@ -97,11 +98,12 @@ class Attempt:
 _processor: InstanceProcessor | None = None
 
 
-def _init_worker(profile: str, key_file: Path, daemon_pid: int) -> None:
+def _init_worker(profile: str, key_file: Path, daemon_pid: int, limits: Limits) -> None:
     global _processor
     name_process("nmip-deidentify")
     os.nice(WORKER_NICE)
-    _processor = InstanceProcessor(load_profile(profile), load_key_file(key_file))
+    bound_worker_memory(limits)
+    _processor = InstanceProcessor(load_profile(profile), load_key_file(key_file), limits=limits)
     threading.Thread(target=_exit_with, args=(daemon_pid,), name="watch-daemon", daemon=True).start()
 
 
@@ -145,7 +147,7 @@ class Pipeline:
 
     def __init__(self, state: State, spool: Spool, *, profile: str, key_file: Path, outbox: Path,
                  quarantine_dir: Path, quiet_period_s: float, workers: int,
-                 open_associations: Callable[[], int] | None = None) -> None:
+                 open_associations: Callable[[], int] | None = None, limits: Limits = Limits()) -> None:
         self.state = state
         # How many associations are open now (the receivers'): early work takes what receiving leaves.
         self.open_associations = open_associations
@@ -161,7 +163,7 @@ class Pipeline:
         # spawn: the daemon has threads (the SCP), and forking a threaded process is unsafe; spawned
         # workers are the daemon's own children, so they can tell when it is gone.
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(profile, key_file, os.getpid()))
+                                        initializer=_init_worker, initargs=(profile, key_file, os.getpid(), limits))
         self._attempts: dict[str, Attempt] = {}  # sop_key -> its latest attempt, until its study is done
         self._backlog: deque[InstanceRow] = deque()  # instances of receiving studies not yet attempted
         self._early: set[Future[InstanceResult]] = set()  # early attempts in flight

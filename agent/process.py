@@ -19,6 +19,7 @@ from pydicom.errors import InvalidDicomError
 from agent.deidentify import DeidentifiedInstance, Deidentifier, Profile, Refused
 from agent.errors import UnreadableInput
 from agent.keys import SiteKey
+from agent.limits import LimitExceeded, Limits, time_limit
 from agent.quarantine import Reason, Refusal
 from agent.verify import screen, verify_output
 
@@ -67,10 +68,11 @@ def read_dataset(data: bytes, where: object) -> Dataset:
 class InstanceProcessor:
     """Built once per process (it compiles the profile's key material); `process` per instance."""
 
-    def __init__(self, profile: Profile, key: SiteKey, *, clean_text: bool = True) -> None:
+    def __init__(self, profile: Profile, key: SiteKey, *, clean_text: bool = True, limits: Limits = Limits()) -> None:
         """`clean_text=False` switches text cleaning off, to test that the gate alone refuses."""
         self.profile = profile
-        self.deidentifier = Deidentifier(profile, key, clean_text=clean_text)
+        self.limits = limits
+        self.deidentifier = Deidentifier(profile, key, clean_text=clean_text, limits=limits)
 
     def process(self, data: bytes, where: object, *, record: bool = False) -> Outcome:
         """Run `data` (the source file's bytes) through every stage; raises UnreadableInput only.
@@ -81,7 +83,19 @@ class InstanceProcessor:
         """
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if len(data) > self.limits.max_instance_mb << 20:
+                return self._too_large(data, where)
             return self._process(data, where, record=record)
+
+    def _too_large(self, data: bytes, where: object) -> Outcome:
+        """Refused from its header alone: nothing past the pixel data's tag is read."""
+        try:
+            ds = dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+            opaque = self.deidentifier.pseudonyms.opaque_name(str(ds.SOPInstanceUID))
+        except Exception as exc:  # no SOP Instance UID to file it by
+            raise UnreadableInput(where, exc) from None
+        refusal = Refusal(Reason.RESOURCE_LIMIT, f"max_instance_mb: {len(data) >> 20} MB")
+        return Outcome("quarantined", refusal=refusal, opaque_name=opaque)
 
     def _process(self, data: bytes, where: object, *, record: bool) -> Outcome:
         ds = read_dataset(data, where)
@@ -98,19 +112,28 @@ class InstanceProcessor:
             raise UnreadableInput(where, exc) from None
         refusal: Refusal | None = None
         try:
-            refusal = screen(ds, self.profile)
-            if refusal is not None and not record:
-                return Outcome("quarantined", refusal=refusal, opaque_name=opaque)
-            result = self.deidentifier.deidentify(ds, record=record)
-            buffer = io.BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
-            encoded = buffer.getvalue()
+            with time_limit(self.limits.instance_seconds):
+                self.deidentifier.check_limits(ds)
+                refusal = screen(ds, self.profile)
+                if refusal is not None and not record:
+                    return Outcome("quarantined", refusal=refusal, opaque_name=opaque)
+                result = self.deidentifier.deidentify(ds, record=record)
+                buffer = io.BytesIO()
+                ds.save_as(buffer, enforce_file_format=True)
+                encoded = buffer.getvalue()
+                gate = verify_output(encoded, result, self.profile, self.deidentifier.scanner)
         except Refused as exc:
             return Outcome("quarantined", refusal=refusal or exc.refusal, opaque_name=opaque)
+        except LimitExceeded as exc:
+            return Outcome("quarantined", refusal=Refusal(Reason.RESOURCE_LIMIT, str(exc)), opaque_name=opaque)
+        except (MemoryError, RecursionError) as exc:
+            limit = "worker_memory_mb" if isinstance(exc, MemoryError) else "max_depth"
+            return Outcome("quarantined", refusal=Refusal(Reason.RESOURCE_LIMIT, f"{limit}: {type(exc).__name__}"),
+                           opaque_name=opaque)
         except Exception as exc:  # a dataset the engine could not handle must not leave
             failed = Refusal(Reason.DEIDENTIFICATION_FAILED, f"{type(exc).__name__} while de-identifying")
             return Outcome("quarantined", refusal=refusal or failed, opaque_name=opaque)
-        refusal = refusal or verify_output(encoded, result, self.profile, self.deidentifier.scanner)
+        refusal = refusal or gate
         if refusal is not None:
             return Outcome("quarantined", refusal=refusal, result=result, opaque_name=opaque)
         return Outcome("passed", result=result, encoded=encoded, opaque_name=opaque)

@@ -29,6 +29,7 @@ class Reason(str, enum.Enum):
     STUDY_QUARANTINED = "study_quarantined"  # another instance of the study was refused
     UNREADABLE = "unreadable"  # the spooled file cannot be parsed any more
     PLATFORM_REJECTED = "platform_rejected"  # the central platform refused it; detail: its reason
+    RESOURCE_LIMIT = "resource_limit"  # the instance broke a limit of config.yaml's limits section
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class Service:
             self.state, self.spool, profile=config.pipeline.profile, key_file=config.pipeline.key_file,
             outbox=config.pipeline.outbox, quarantine_dir=config.pipeline.quarantine,
             quiet_period_s=config.pipeline.quiet_period_s, workers=config.pipeline.workers,
-            open_associations=lambda: self.receiver.open_associations(),
+            open_associations=lambda: self.receiver.open_associations(), limits=config.limits,
         )
         self.receiver = ReceiverProcesses(config)
         self.key_id = key.key_id

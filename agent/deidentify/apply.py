@@ -32,6 +32,7 @@ from agent.deidentify.profile import EDITION, Profile
 from agent.deidentify.pseudonym import Pseudonymiser
 from agent.detectors.scan import TextScanner
 from agent.keys import SiteKey
+from agent.limits import LimitExceeded, Limits
 from agent.quarantine import Reason, Refusal
 
 PIXEL_DATA = 0x7FE00010
@@ -58,6 +59,9 @@ _CLEAN_NESTED = Action(Op.CLEAN, "not in profile, inside a sequence")
 _UNKNOWN_REMOVED = Action(Op.REMOVE, "unknown to the dictionary")
 _VR_DIFFERS_REMOVED = Action(Op.REMOVE, "its VR is not the dictionary's: a damaged element")
 _WORDS = re.compile(r"[^\W_]+")
+# Text VRs whose length is bounded by limits.max_value_bytes (a 10 MB Patient's Name costs gigabytes
+# in any text processing); bulk binary values are not searched beyond their first MiB anyway.
+_TEXT_LIMITED_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 _REMEMBERED_VRS = {"LO", "SH", "PN", "LT", "ST", "UT", "UC", "AE"}
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _DUMMY_ITEM = Action(Op.DUMMY, "inside a dummied sequence item")
@@ -119,6 +123,7 @@ class _Context:
     uid_map: dict[str, str]
     changes: list[Change] | None
     mutations: int = 0  # counts every change, so an untouched sequence can keep its raw bytes
+    elements: int = 0  # elements and values met in items so far (limits.max_elements)
 
 
 def _set(ds: Dataset, tag: int, vr: str, value: Any) -> None:
@@ -193,9 +198,10 @@ def _vr_of(elem: DataElement | RawDataElement, tag: int) -> str:
 class Deidentifier:
     """Applies one profile with one key; build it once per process and reuse it for every instance."""
 
-    def __init__(self, profile: Profile, key: SiteKey, *, clean_text: bool = True) -> None:
+    def __init__(self, profile: Profile, key: SiteKey, *, clean_text: bool = True, limits: Limits = Limits()) -> None:
         """`clean_text=False` keeps text that cleaning would change: only for testing the gate alone."""
         self.profile = profile
+        self.limits = limits
         self.plan = profile.plan
         self.clean_text = clean_text
         self.scanner = TextScanner(profile.vocabulary)
@@ -211,6 +217,7 @@ class Deidentifier:
 
     def deidentify(self, ds: Dataset, *, record: bool = False) -> DeidentifiedInstance:
         """De-identify `ds` in place; `record` keeps a per-attribute report for `check`."""
+        self._check_values(ds, top=True)
         source_patient_id = str(ds.get(PATIENT_ID).value or "").strip(" \x00") if PATIENT_ID in ds else ""
         if not source_patient_id:
             raise Refused(Refusal(Reason.NO_PATIENT_ID, "the instance has no Patient ID to derive a pseudonym from"))
@@ -242,11 +249,45 @@ class Deidentifier:
 
     # -- the walk ---------------------------------------------------------------------------
 
-    def _walk(self, ds: Dataset, ctx: _Context, path: str, *, top: bool = False, dummy: bool = False) -> None:
+    def check_limits(self, ds: Dataset) -> None:
+        """The limits on the top level, before anything reads its values (the screen included)."""
+        self._check_values(ds, top=True)
+
+    def _check_values(self, ds: Dataset, *, top: bool = False, depth: int = 0) -> int:
+        """Refuse, before any work on them, values and element counts no real object has.
+
+        Returns the number of elements and values counted in `ds` (not in its sequences).
+        """
+        if depth > self.limits.max_depth:
+            raise LimitExceeded("max_depth", f"sequences nested more than {self.limits.max_depth} deep")
+        counted = 0
+        for tag in ds.keys():
+            raw = ds.get_item(tag)
+            value = getattr(raw, "value", None)
+            counted += 1
+            if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+                counted += len(value)  # type: ignore[arg-type]  # already read (by the screen)
+                if counted > self.limits.max_elements:
+                    break
+                value = "\\".join(str(v) for v in value)  # type: ignore[union-attr]
+            if isinstance(value, (bytes, str)) and _vr_of(raw, int(tag)) in _TEXT_LIMITED_VRS:
+                if len(value) > self.limits.max_value_bytes:
+                    raise LimitExceeded("max_value_bytes", f"a value of {len(value)} bytes")
+                counted += value.count(b"\\") if isinstance(value, bytes) else value.count("\\")
+        if counted > self.limits.max_elements:
+            raise LimitExceeded("max_elements", f"more than {self.limits.max_elements} elements and values")
+        return counted
+
+    def _walk(self, ds: Dataset, ctx: _Context, path: str, *, top: bool = False, dummy: bool = False,
+              depth: int = 0) -> None:
         """Apply the plan to every element of `ds`, recursing into the sequences it keeps.
 
         `dummy`: `ds` is the one item a D sequence keeps; what no row names in it is dummied.
         """
+        if not top:
+            ctx.elements += self._check_values(ds, depth=depth)
+            if ctx.elements > self.limits.max_elements:
+                raise LimitExceeded("max_elements", f"more than {self.limits.max_elements} elements and values")
         plan = self.plan
         creators: dict[tuple[int, int], str] = {}
         temporal: dict[int, tuple[str, Action]] = {}
@@ -416,8 +457,9 @@ class Deidentifier:
             after = "1 item, dummied" if dummy and len(seq) else f"{len(seq)} item(s), each de-identified"
             ctx.changes.append(Change(where, keyword_for_tag(tag) or "", action.label, f"{len(seq)} item(s)", after))
         mutations = ctx.mutations
+        depth = where.count(" > ") + 1
         for index, item in enumerate(seq):
-            self._walk(item, ctx, f"{where}[{index}] > ", dummy=dummy)
+            self._walk(item, ctx, f"{where}[{index}] > ", dummy=dummy, depth=depth)
         if ctx.mutations == mutations and isinstance(raw, RawDataElement):
             # Nothing inside changed: write the sequence back as the bytes it came in, which is
             # several times cheaper than encoding its items element by element.
