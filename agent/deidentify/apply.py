@@ -61,6 +61,7 @@ _VR_DIFFERS_REMOVED = Action(Op.REMOVE, "its VR is not the dictionary's: a damag
 _WORDS = re.compile(r"[^\W_]+")
 # Text VRs whose length is bounded by limits.max_value_bytes (a 10 MB Patient's Name costs gigabytes
 # in any text processing); bulk binary values are not searched beyond their first MiB anyway.
+_SHORT_VALUE = 256  # bytes: a value this short is counted without looking its VR up
 _TEXT_LIMITED_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 _REMEMBERED_VRS = {"LO", "SH", "PN", "LT", "ST", "UT", "UC", "AE"}
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -217,7 +218,6 @@ class Deidentifier:
 
     def deidentify(self, ds: Dataset, *, record: bool = False) -> DeidentifiedInstance:
         """De-identify `ds` in place; `record` keeps a per-attribute report for `check`."""
-        self._check_values(ds, top=True)
         source_patient_id = str(ds.get(PATIENT_ID).value or "").strip(" \x00") if PATIENT_ID in ds else ""
         if not source_patient_id:
             raise Refused(Refusal(Reason.NO_PATIENT_ID, "the instance has no Patient ID to derive a pseudonym from"))
@@ -250,32 +250,39 @@ class Deidentifier:
     # -- the walk ---------------------------------------------------------------------------
 
     def check_limits(self, ds: Dataset) -> None:
-        """The limits on the top level, before anything reads its values (the screen included)."""
+        """The limits on the top level, before anything reads its values (the screen included):
+        call it before `deidentify`, which checks the items as it walks into them."""
         self._check_values(ds, top=True)
 
     def _check_values(self, ds: Dataset, *, top: bool = False, depth: int = 0) -> int:
         """Refuse, before any work on them, values and element counts no real object has.
 
-        Returns the number of elements and values counted in `ds` (not in its sequences).
+        Returns the number of elements and values counted in `ds` (not in its sequences). Cheap:
+        the raw elements as read (`Dataset.values()` converts nothing), a VR looked up only for a
+        long value.
         """
         if depth > self.limits.max_depth:
             raise LimitExceeded("max_depth", f"sequences nested more than {self.limits.max_depth} deep")
+        limits = self.limits
         counted = 0
-        for tag in ds.keys():
-            raw = ds.get_item(tag)
-            value = getattr(raw, "value", None)
+        for raw in ds.values():
             counted += 1
+            value: Any = raw.value
             if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-                counted += len(value)  # type: ignore[arg-type]  # already read (by the screen)
-                if counted > self.limits.max_elements:
+                counted += len(value)  # already read (by the screen)
+                if counted > limits.max_elements:
                     break
-                value = "\\".join(str(v) for v in value)  # type: ignore[union-attr]
-            if isinstance(value, (bytes, str)) and _vr_of(raw, int(tag)) in _TEXT_LIMITED_VRS:
-                if len(value) > self.limits.max_value_bytes:
+                value = "\\".join(str(v) for v in value)
+            if not isinstance(value, (bytes, str)):
+                continue
+            if len(value) > _SHORT_VALUE:
+                if _vr_of(raw, int(raw.tag)) not in _TEXT_LIMITED_VRS:
+                    continue  # binary: not text, its 0x5C bytes are no value delimiters
+                if len(value) > limits.max_value_bytes:
                     raise LimitExceeded("max_value_bytes", f"a value of {len(value)} bytes")
-                counted += value.count(b"\\") if isinstance(value, bytes) else value.count("\\")
-        if counted > self.limits.max_elements:
-            raise LimitExceeded("max_elements", f"more than {self.limits.max_elements} elements and values")
+            counted += value.count(b"\\") if isinstance(value, bytes) else value.count("\\")
+        if counted > limits.max_elements:
+            raise LimitExceeded("max_elements", f"more than {limits.max_elements} elements and values")
         return counted
 
     def _walk(self, ds: Dataset, ctx: _Context, path: str, *, top: bool = False, dummy: bool = False,
