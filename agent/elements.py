@@ -92,8 +92,9 @@ def _elements(data: bytes, position: int, end: int, path: str, depth: int, *, to
             where = f"{path}({tag >> 16:04X},{tag & 0xFFFF:04X})"
             position = yield from _items(data, start, length, end, where, depth + 1)
             continue
-        element = _element_at(data, position, end, path, depth)  # encapsulated data, cut short: Unsure
-        yield element
+        if length == _UNDEFINED or start + length > end:
+            raise Unsure  # encapsulated data in an item, or cut short: pydicom's job
+        yield Element(tag, vr.decode("ascii"), path, data[start : start + length])
         position = start + length
 
 

@@ -125,6 +125,7 @@ class _Context:
     changes: list[Change] | None
     mutations: int = 0  # counts every change, so an untouched sequence can keep its raw bytes
     elements: int = 0  # elements and values met in items so far (limits.max_elements)
+    removed: list[str] = field(default_factory=list)  # text the profile took away, for the gate
 
 
 def _set(ds: Dataset, tag: int, vr: str, value: Any) -> None:
@@ -234,6 +235,9 @@ class Deidentifier:
             changes=[] if record else None,
         )
         self._walk(ds, ctx, "", top=True)
+        for removed in ctx.removed:  # added once the walk is over: each addition recompiles the patterns
+            if not self._imaging_words(removed):
+                identifiers.add_removed(removed)
         self._trim_pixel_data(ds, ctx)
         self._add(ds, ctx)
         self._mark(ds)
@@ -479,9 +483,7 @@ class Deidentifier:
             # anywhere else (a damaged tag can move a serial number into an attribute kept as is).
             # Descriptions made of imaging words ("Carotids") are no identifier, wherever they recur.
             # Public attributes only: private blocks are removed whole, vendor by vendor.
-            removed = self._text(ds, tag)
-            if not self._imaging_words(removed):
-                ctx.identifiers.add_removed(removed)
+            ctx.removed.append(self._text(ds, tag))
         if op is Op.REMOVE:
             self._remove(ds, tag, ctx, path, action)
             return

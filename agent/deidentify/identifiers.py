@@ -107,8 +107,10 @@ class SourceIdentifiers:
 
     def copy(self) -> SourceIdentifiers:
         """A copy to which one instance adds its own values (its UIDs, the names met in its walk)."""
-        return SourceIdentifiers(values=dict(self.values), exact_ids=dict(self.exact_ids), uids=set(self.uids),
-                                 ids=set(self.ids))
+        copied = SourceIdentifiers(values=dict(self.values), exact_ids=dict(self.exact_ids), uids=set(self.uids),
+                                   ids=set(self.ids))
+        copied._fuzzy = dict(self._near_miss_choices())  # worked out once per study, like the values
+        return copied
 
     def add_uid(self, uid: str) -> None:
         self.uids.add(uid)
