@@ -8,6 +8,7 @@ reports and writes the crosswalk.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -15,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.deidentify import load_profile
+from agent.deidentify.pseudonym import Pseudonymiser
 from agent.errors import UnreadableInput
 from agent.keys import load_key_file
 from agent.limits import Limits, bound_worker_memory
 from agent.process import InstanceProcessor
-from agent.quarantine import quarantine, write_atomically
+from agent.quarantine import Reason, Refusal, quarantine, write_atomically
 
 _IN_FLIGHT_PER_WORKER = 8
 
@@ -34,6 +36,7 @@ class FileReport:
     output: str = ""
     patient: tuple[str, str] | None = None  # (source id, pseudonym): crosswalk, stays on site
     uids: tuple[tuple[str, str], ...] = ()
+    digest: str = ""  # SHA-256 of the source bytes, to tell duplicates of one SOP instance apart
 
 
 @dataclass
@@ -97,7 +100,9 @@ def _process_file(path: str) -> FileReport:
         return FileReport(path, "skipped", outcome.skip_reason)
     if outcome.status == "quarantined":
         assert outcome.refusal is not None
-        quarantine(_job.quarantine_dir, outcome.opaque_name, data, outcome.refusal, profile=_processor.profile.name)
+        names = _processor.deidentifier.pseudonyms
+        quarantine(_job.quarantine_dir, outcome.opaque_name, data, outcome.refusal, profile=_processor.profile.name,
+                   other_name=lambda: names.opaque_name(f"{outcome.opaque_name}|{hashlib.sha256(data).hexdigest()}"))
         return FileReport(path, "quarantined", f"{outcome.refusal.reason.value}: {outcome.refusal.detail}",
                           output=outcome.opaque_name)
     assert outcome.result is not None and outcome.encoded is not None
@@ -107,7 +112,56 @@ def _process_file(path: str) -> FileReport:
         path, "written", output=str(outcome.relative_path),
         patient=(result.source_patient_id, result.patient_pseudonym) if _job.crosswalk else None,
         uids=tuple(result.uid_map.items()) if _job.crosswalk else (),
+        digest=hashlib.sha256(data).hexdigest(),
     )
+
+
+class Duplicates:
+    """Files of one run that share a SOP Instance UID (so an output path): never one over another.
+
+    Identical bytes are written once (the later file is reported skipped); different bytes are
+    all quarantined with reason duplicate_sop_instance, and their output removed: which of them
+    is the instance cannot be told here. Runs in the parent, which sees every report.
+    """
+
+    def __init__(self, job: Job, profile: str, names: Pseudonymiser) -> None:
+        self.job = job
+        self.profile = profile
+        self.names = names  # keyed names for the quarantine: never a plain hash of identifiable bytes
+        self._written: dict[str, tuple[str, str]] = {}  # output path -> (source path, digest)
+        self._conflicting: set[str] = set()  # output paths found to hold different sources
+
+    def settle(self, report: FileReport) -> list[FileReport]:
+        """The reports to count for `report`: itself, or what it turns into (and undoes)."""
+        if report.status != "written":
+            return [report]
+        first = self._written.get(report.output)
+        if first is None and report.output not in self._conflicting:
+            self._written[report.output] = (report.path, report.digest)
+            return [report]
+        if first is not None and first[1] == report.digest:
+            return [FileReport(report.path, "skipped", f"the same bytes as an earlier file ({report.output})")]
+        self._remove_output(report.output)
+        reports = [self._quarantined(report.path)]
+        if first is not None:
+            del self._written[report.output]
+            self._conflicting.add(report.output)
+            reports.append(self._quarantined(first[0], undo=True))
+        return reports
+
+    def _remove_output(self, output: str) -> None:
+        try:
+            (self.job.output_dir / output).unlink()
+        except FileNotFoundError:
+            pass
+
+    def _quarantined(self, path: str, *, undo: bool = False) -> FileReport:
+        refusal = Refusal(Reason.DUPLICATE_SOP_INSTANCE, "another file of this run has the same SOP Instance UID and other bytes")
+        data = Path(path).read_bytes()
+        opaque = self.names.opaque_name(f"duplicate|{hashlib.sha256(data).hexdigest()}")
+        quarantine(self.job.quarantine_dir, opaque, data, refusal, profile=self.profile)
+        return FileReport(path, "quarantined", f"{refusal.reason.value}: {refusal.detail}", output=opaque,
+                          digest="undo" if undo else "")
 
 
 def iter_files(root: Path) -> Iterator[str]:
@@ -169,6 +223,8 @@ def anonymise(
     workers = workers or os.cpu_count() or 1
     job = Job(output_dir=output_dir, quarantine_dir=quarantine_dir, crosswalk=crosswalk_dir is not None)
     summary = Summary()
+    loaded = load_profile(profile)
+    duplicates = Duplicates(job, loaded.name, Pseudonymiser(load_key_file(key_file), loaded.pseudonym))
     crosswalk = Crosswalk(crosswalk_dir) if crosswalk_dir is not None else None
     paths = iter_files(input_dir)
     try:
@@ -184,11 +240,15 @@ def anonymise(
                         pending.add(pool.submit(process_file, path))
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    report = future.result()
-                    summary.add(report)
-                    if crosswalk is not None:
-                        crosswalk.add(report)
-                    on_report(report)
+                    first = future.result()
+                    for report in duplicates.settle(first):
+                        if report.digest == "undo":  # an earlier file counted as written is quarantined
+                            summary.written -= 1
+                        summary.add(report)
+                        if crosswalk is not None and report.status == "written":
+                            crosswalk.add(report)
+                        if report.path == first.path:
+                            on_report(report)
     finally:
         if crosswalk is not None:
             crosswalk.close()

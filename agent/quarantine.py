@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 
 class Reason(str, enum.Enum):
@@ -28,6 +29,7 @@ class Reason(str, enum.Enum):
     DEIDENTIFICATION_FAILED = "deidentification_failed"
     STUDY_QUARANTINED = "study_quarantined"  # another instance of the study was refused
     UNREADABLE = "unreadable"  # the spooled file cannot be parsed any more
+    DUPLICATE_SOP_INSTANCE = "duplicate_sop_instance"  # a batch run met other bytes with the same SOP Instance UID
     PLATFORM_REJECTED = "platform_rejected"  # the central platform refused it; detail: its reason
     RESOURCE_LIMIT = "resource_limit"  # the instance broke a limit of config.yaml's limits section
 
@@ -62,9 +64,20 @@ def write_atomically(path: Path, data: bytes, *, fsync: bool = False) -> None:
         raise
 
 
-def quarantine(folder: Path, opaque_name: str, source: bytes, refusal: Refusal, *, profile: str) -> Path:
-    """Store the identifiable source as `<opaque>.dcm` with `<opaque>.json` stating why."""
+def quarantine(folder: Path, opaque_name: str, source: bytes, refusal: Refusal, *, profile: str,
+               other_name: Callable[[], str] | None = None) -> Path:
+    """Store the identifiable source as `<opaque>.dcm` with `<opaque>.json` stating why.
+
+    `other_name` (a batch run): when another source is already filed under `opaque_name` (another
+    file with the same SOP Instance UID), it is kept and this one is filed under `other_name()`, a
+    keyed name too. The daemon files a resent instance over its earlier copy: that is how a PACS
+    corrects one.
+    """
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if other_name is not None:
+        existing = folder / f"{opaque_name}.dcm"
+        if existing.exists() and existing.read_bytes() != source:
+            opaque_name = other_name()
     record = {
         **refusal.as_dict(),
         "profile": profile,
