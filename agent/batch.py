@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -42,6 +43,7 @@ class FileReport:
 @dataclass
 class Summary:
     written: int = 0
+    excluded: int = 0  # out of the profile's scope (issue 9's scope rules: none yet)
     quarantined: int = 0
     unreadable: int = 0
     skipped: int = 0
@@ -176,6 +178,25 @@ def count_files(root: Path) -> int:
     return sum(1 for _ in iter_files(root))
 
 
+class ReportFile:
+    """`anonymise --report FILE`: one JSON object per line and input file, with the field names of
+    `check --json` (`file`, `status`, `reason`, `output`). It names source paths: it stays on site.
+    A later line for the same file supersedes an earlier one."""
+
+    def __init__(self, path: Path) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._file = os.fdopen(fd, "w", encoding="utf-8")
+
+    def write(self, report: FileReport) -> None:
+        reason = report.detail.split(":", 1)[0] if report.status == "quarantined" else report.detail
+        record = {"file": report.path, "status": report.status, "reason": reason, "output": report.output}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class Crosswalk:
     """`uid_mapping.csv` and `patid_mapping.csv` (`id_old,id_new`, the MIDI-B format), mode 0600."""
 
@@ -218,8 +239,11 @@ def anonymise(
     workers: int | None = None,
     on_report: Callable[[FileReport], None] = lambda report: None,
     limits: Limits = Limits(),
+    on_record: Callable[[FileReport], None] | None = None,
 ) -> Summary:
-    """De-identify every file under `input_dir`; `on_report` is called as each file finishes."""
+    """De-identify every file under `input_dir`; `on_report` is called as each file finishes,
+    `on_record` for every verdict (a file first written, then found to share its SOP Instance UID
+    with other bytes, gets a second one)."""
     workers = workers or os.cpu_count() or 1
     job = Job(output_dir=output_dir, quarantine_dir=quarantine_dir, crosswalk=crosswalk_dir is not None)
     summary = Summary()
@@ -249,6 +273,8 @@ def anonymise(
                             crosswalk.add(report)
                         if report.path == first.path:
                             on_report(report)
+                        if on_record is not None:
+                            on_record(report)
     finally:
         if crosswalk is not None:
             crosswalk.close()

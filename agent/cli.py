@@ -169,6 +169,7 @@ def anonymise(
     crosswalk: Annotated[Optional[Path], typer.Option("--crosswalk", help="Write uid_mapping.csv and patid_mapping.csv here (identifiable: keep on site).")] = None,
     quarantine_dir: Annotated[Path, typer.Option("--quarantine", help="Where refused instances go, with their reasons.")] = Path("quarantine"),
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Worker processes (default: one per core).")] = None,
+    report_file: Annotated[Optional[Path], typer.Option("--report", help="Write one JSON object per input file here (names source paths: keep on site).")] = None,
 ) -> None:
     """De-identify a folder in batch, in parallel, with a progress bar and a summary."""
     from agent import batch
@@ -183,6 +184,7 @@ def anonymise(
     load_profile(profile)  # fail here, once, rather than in every worker
     load_key_file(key_file)
     total = batch.count_files(input_dir)
+    records = batch.ReportFile(report_file) if report_file is not None else None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=False) as progress:
         task = progress.add_task("de-identifying", total=total)
@@ -194,10 +196,15 @@ def anonymise(
             elif report.status == "skipped":
                 progress.console.print(f"skipped {escape(report.path)}: {escape(report.detail)}")
 
-        summary = batch.anonymise(input_dir, output_dir, profile=profile, key_file=key_file,
-                                  quarantine_dir=quarantine_dir, crosswalk_dir=crosswalk, workers=workers,
-                                  on_report=on_report)
-    out.print(f"written {summary.written}, quarantined {summary.quarantined}, unreadable {summary.unreadable}"
+        try:
+            summary = batch.anonymise(input_dir, output_dir, profile=profile, key_file=key_file,
+                                      quarantine_dir=quarantine_dir, crosswalk_dir=crosswalk, workers=workers,
+                                      on_report=on_report, on_record=records.write if records else None)
+        finally:
+            if records is not None:
+                records.close()
+    out.print(f"written {summary.written}, excluded {summary.excluded}, quarantined {summary.quarantined}, "
+              f"unreadable {summary.unreadable}"
               + (f", skipped {summary.skipped}" if summary.skipped else "")
               + (f", failed {summary.failed}" if summary.failed else ""))
     for code, count in sorted(summary.reasons.items()):

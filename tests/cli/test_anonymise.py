@@ -127,7 +127,7 @@ def outputs(first: Result) -> dict[str, object]:
 
 
 def _summary(run: Run) -> tuple[int, int, int]:
-    match = re.search(r"^written (\d+), quarantined (\d+), unreadable (\d+)\b", run.stdout, re.MULTILINE)
+    match = re.search(r"^written (\d+), excluded \d+, quarantined (\d+), unreadable (\d+)\b", run.stdout, re.MULTILINE)
     assert match, run.output
     return int(match[1]), int(match[2]), int(match[3])
 
@@ -360,5 +360,5 @@ def test_a_file_that_cannot_be_written_does_not_stop_the_run(tmp_path: Path, key
     second = nmip("anonymise", source, tmp_path / "out2", "--profile", "nccid", "--key-file", key_file,
                   "--quarantine", tmp_path / "q", cwd=tmp_path)
     assert second.returncode == 1
-    assert "written 0, quarantined 0, unreadable 0, failed 2" in second.stdout
+    assert "written 0, excluded 0, quarantined 0, unreadable 0, failed 2" in second.stdout
     assert "NotADirectoryError" in second.stderr or "FileExistsError" in second.stderr

@@ -44,3 +44,30 @@ def test_same_uid_files_overwrite_nothing_and_keep_every_record(tmp_path: Path, 
     assert summary.reasons.get("burned_in_risk") == 2
     assert summary.written == 1
     assert summary.written + summary.quarantined + summary.skipped == 6
+
+
+def test_report_gives_every_input_files_verdict(tmp_path: Path, key_file: Path) -> None:
+    """`--report FILE`: a JSON line per input file (file, status, reason, output), private, and a
+    summary line that counts written, excluded, quarantined and unreadable."""
+    import json
+    import stat
+
+    from tests.cli.helpers import nmip
+
+    inputs = tmp_path / "in"
+    write(make_ct_slice(Patient(), plant=False), inputs / "ct.dcm")
+    us = make_ct_slice(Patient(), plant=False)
+    us.SOPClassUID = us.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+    us.Modality = "US"
+    write(us, inputs / "us.dcm")
+    (inputs / "junk.dcm").write_bytes(b"not dicom")
+    report = tmp_path / "report.jsonl"
+    run = nmip("anonymise", inputs, tmp_path / "out", "--profile", "nccid", "--key-file", key_file,
+               "--quarantine", tmp_path / "q", "--workers", "1", "--report", report, cwd=tmp_path)
+    assert "written 1, excluded 0, quarantined 1, unreadable 1" in run.stdout
+    records = {Path(r["file"]).name: r for r in map(json.loads, report.read_text().splitlines())}
+    assert set(records) == {"ct.dcm", "us.dcm", "junk.dcm"}
+    assert records["ct.dcm"]["status"] == "written" and records["ct.dcm"]["output"].endswith(".dcm")
+    assert records["us.dcm"]["status"] == "quarantined" and records["us.dcm"]["reason"] == "burned_in_risk"
+    assert records["junk.dcm"]["status"] == "unreadable"
+    assert stat.S_IMODE(report.stat().st_mode) == 0o600
