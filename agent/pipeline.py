@@ -123,6 +123,10 @@ def deidentify_spooled(sop_key: str, spool_path: str, staging: str) -> InstanceR
     """De-identify one spooled instance into the staging folder (runs in a worker process)."""
     assert _processor is not None
     try:
+        size = Path(spool_path).stat().st_size
+        if size > _processor.limits.max_instance_mb << 20:  # refused before reading it into memory
+            return InstanceResult(sop_key, False, reason=Reason.RESOURCE_LIMIT.value,
+                                  detail=f"max_instance_mb: {size >> 20} MB")
         outcome = _processor.process(Path(spool_path).read_bytes(), sop_key)
     except (UnreadableInput, OSError) as exc:
         return InstanceResult(sop_key, False, reason=Reason.UNREADABLE.value, detail=type(exc).__name__)

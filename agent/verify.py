@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from agent.deidentify import DeidentifiedInstance, Profile, pixels
-from agent.deidentify.plan import Op
+from agent.deidentify.plan import Op, Plan
 from agent.detectors.scan import Mode, TextScanner
 from agent.elements import Unsure, walk
 from agent.quarantine import Reason, Refusal
@@ -49,7 +49,6 @@ _DOTTED = re.compile(r"\d+\.\d+\.\d+")
 _DOTTED_UID = re.compile(r"\d+(?:\.\d+){3,}")
 _NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "AT", "SV", "UV", "US or SS"})
 _BYTES_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN", "OB or OW", "US or OW", "US or SS or OW"})
-_MAX_BYTES_SEARCHED = 1 << 20  # binary values are searched in their first MiB
 
 
 def screen(ds: Dataset, profile: Profile) -> Refusal | None:
@@ -86,7 +85,7 @@ def verify_output(encoded: bytes, result: DeidentifiedInstance, profile: Profile
         return Refusal(Reason.INVALID_OUTPUT, f"the output does not parse back ({type(exc).__name__})")
     if _pixel_data_too_long(encoded, stream.tell(), out):
         return Refusal(Reason.INVALID_OUTPUT, "Pixel Data is longer than its image: bytes after the frames")
-    search = _Search(result, scanner, *search_modes(profile), _kept_tags(profile))
+    search = _Search(result, scanner, *search_modes(profile))
     codecs = _codecs(out, ["iso8859"])
     try:
         try:
@@ -108,35 +107,29 @@ _DEVICE_ATTRIBUTES = frozenset({
     0x00081040, 0x00080081, 0x00181030, 0x00540400, 0x00187004, 0x0018700C, 0x00181002, 0x00181008,
 })  # fmt: skip
 _DEVICE_RECIPES = ("deid.retain_device_identity", "deid.retain_institution_identity")
-_modes: dict[int, tuple[frozenset[int], frozenset[int]]] = {}
+_modes: dict[int, tuple[Plan, tuple[frozenset[int], frozenset[int], frozenset[int]]]] = {}
 _VERIFIED_PATIENTS = 64  # bounds on TextScanner.verified, the values the gate found clean
 _VERIFIED_VALUES = 200_000
 
 
-def search_modes(profile: Profile) -> tuple[frozenset[int], frozenset[int]]:
-    """(device attributes, cleaned attributes) of a profile: how much the detectors judge each.
+def search_modes(profile: Profile) -> tuple[frozenset[int], frozenset[int], frozenset[int]]:
+    """(device attributes, cleaned attributes, kept attributes) of a profile: how much the
+    detectors judge each.
 
     Device values the profile keeps are products, not people; attributes the profile cleans are
-    free text, where a distinctive name alone is a leak.
+    free text, where a distinctive name alone is a leak; what a line keeps (K) may hold a value the
+    profile removes elsewhere. Worked out once per plan; the cache holds the plan itself, since an
+    id can be reused once a plan is gone.
     """
-    key = id(profile.plan)
-    if key not in _modes:
+    cached = _modes.get(id(profile.plan))
+    if cached is None or cached[0] is not profile.plan:
         exact = profile.plan.exact.items()
-        kept = {tag for tag, action in exact if action.op is Op.KEEP and action.source in _DEVICE_RECIPES}
+        device = {tag for tag, action in exact if action.op is Op.KEEP and action.source in _DEVICE_RECIPES}
         cleaned = {tag for tag, action in exact if action.op in (Op.CLEAN, Op.VOCABULARY)}
-        _modes[key] = (frozenset(kept) | _DEVICE_ATTRIBUTES, frozenset(cleaned))
-    return _modes[key]
-
-
-def _kept_tags(profile: Profile) -> frozenset[int]:
-    """Attributes a line of the profile keeps as they are (K)."""
-    key = -id(profile.plan)
-    if key not in _kept:
-        _kept[key] = frozenset(tag for tag, action in profile.plan.exact.items() if action.op is Op.KEEP)
-    return _kept[key]
-
-
-_kept: dict[int, frozenset[int]] = {}
+        kept = {tag for tag, action in exact if action.op is Op.KEEP}
+        cached = _modes[id(profile.plan)] = (profile.plan, (frozenset(device) | _DEVICE_ATTRIBUTES,
+                                                            frozenset(cleaned), frozenset(kept)))
+    return cached[1]
 
 
 class _Search:
@@ -164,12 +157,9 @@ class _Search:
         for element in list(walk(encoded)):
             tag, vr, path, value = element
             if vr in _NUMBER_VRS:
-                if len(value) > _longest_number(tag, vr):
-                    return Refusal(Reason.INVALID_OUTPUT, f"{path}{_tag_text(tag)} is longer than its value multiplicity allows: a damaged length")
-                if len(value) > _SEARCHED_NUMBER_BYTES:
-                    if _DOTTED_UID.search(value.decode("latin-1")):
-                        return Refusal(Reason.INVALID_OUTPUT, f"text inside the numbers of {path}{_tag_text(tag)}: a damaged length")
-                    self._add("UN", tag, path, _decodings(value, codecs))
+                refusal = self._numbers(vr, tag, path, value, codecs)
+                if refusal:
+                    return refusal
                 continue
             if vr in _BYTES_VRS:
                 self._add("UN", tag, path, _decodings(value, codecs))
@@ -187,17 +177,9 @@ class _Search:
                 raw = source.get_item(tag)
                 raw_vr = getattr(raw, "VR", None) or _dictionary_vr(tag)  # implicit VR: the dictionary's
                 if raw_vr in _NUMBER_VRS and isinstance(raw.value, bytes):
-                    # Binary numbers hold no text, unless a damaged length made one swallow the
-                    # elements after it: longer than its value multiplicity allows, or than any
-                    # real list of such numbers in a header (then its bytes are searched).
-                    if len(raw.value) > _longest_number(tag, str(raw_vr)):
-                        where = f"{path}{_tag_text(tag)}"
-                        return Refusal(Reason.INVALID_OUTPUT, f"{where} is longer than its value multiplicity allows: a damaged length")
-                    if len(raw.value) > _SEARCHED_NUMBER_BYTES:
-                        if _DOTTED_UID.search(raw.value.decode("latin-1")):
-                            where = f"{path}{_tag_text(tag)}"
-                            return Refusal(Reason.INVALID_OUTPUT, f"text inside the numbers of {where}: a damaged length")
-                        self._add("UN", tag, path, _decodings(raw.value, codecs))
+                    refusal = self._numbers(str(raw_vr), tag, path, raw.value, codecs)
+                    if refusal:
+                        return refusal
                     continue
                 if raw_vr in _BYTES_VRS and isinstance(raw.value, bytes):
                     self._add("UN", tag, path, _decodings(raw.value, codecs))
@@ -222,6 +204,19 @@ class _Search:
                     self._add("UN", tag, path, _decodings(elem.value, codecs))
                 elif elem.VR not in _NUMBER_VRS:  # numbers read as numbers hold no text
                     self._add(str(elem.VR), tag, path, _texts(elem.value))
+        return None
+
+    def _numbers(self, vr: str, tag: int, path: str, value: bytes, codecs: list[str]) -> Refusal | None:
+        """Binary numbers hold no text, unless a damaged length made one swallow the elements after
+        it: longer than its value multiplicity allows, or than any real list of such numbers in a
+        header (then its bytes are searched too)."""
+        where = f"{path}{_tag_text(tag)}"
+        if len(value) > _longest_number(tag, vr):
+            return Refusal(Reason.INVALID_OUTPUT, f"{where} is longer than its value multiplicity allows: a damaged length")
+        if len(value) > _SEARCHED_NUMBER_BYTES:
+            if _DOTTED_UID.search(value.decode("latin-1")):
+                return Refusal(Reason.INVALID_OUTPUT, f"text inside the numbers of {where}: a damaged length")
+            self._add("UN", tag, path, _decodings(value, codecs))
         return None
 
     def _add(self, vr: str, tag: int, path: str, texts: list[str]) -> None:
@@ -432,7 +427,6 @@ def _codecs(ds: Dataset, inherited: list[str]) -> list[str]:
 
 def _decodings(value: bytes, codecs: list[str]) -> list[str]:
     """Binary or unknown bytes, read every way the dataset could have written text into them."""
-    value = value[:_MAX_BYTES_SEARCHED]
     out = {value.decode("latin-1"), value.decode("utf-8", "replace")}
     for codec in codecs:
         try:

@@ -60,7 +60,7 @@ _UNKNOWN_REMOVED = Action(Op.REMOVE, "unknown to the dictionary")
 _VR_DIFFERS_REMOVED = Action(Op.REMOVE, "its VR is not the dictionary's: a damaged element")
 _WORDS = re.compile(r"[^\W_]+")
 # Text VRs whose length is bounded by limits.max_value_bytes (a 10 MB Patient's Name costs gigabytes
-# in any text processing); bulk binary values are not searched beyond their first MiB anyway.
+# in any text processing); binary values are bounded by the instance's size and the worker's memory.
 _SHORT_VALUE = 256  # bytes: a value this short is counted without looking its VR up
 _TEXT_LIMITED_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 _REMEMBERED_VRS = {"LO", "SH", "PN", "LT", "ST", "UT", "UC", "AE"}
@@ -272,7 +272,8 @@ class Deidentifier:
         for raw in ds.values():
             counted += 1
             value: Any = raw.value
-            if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            values_counted = isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
+            if values_counted:
                 counted += len(value)  # already read (by the screen)
                 if counted > limits.max_elements:
                     break
@@ -284,7 +285,8 @@ class Deidentifier:
                     continue  # binary: not text, its 0x5C bytes are no value delimiters
                 if len(value) > limits.max_value_bytes:
                     raise LimitExceeded("max_value_bytes", f"a value of {len(value)} bytes")
-            counted += value.count(b"\\") if isinstance(value, bytes) else value.count("\\")
+            if not values_counted:
+                counted += value.count(b"\\") if isinstance(value, bytes) else value.count("\\")
         if counted > limits.max_elements:
             raise LimitExceeded("max_elements", f"more than {limits.max_elements} elements and values")
         return counted

@@ -11,7 +11,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from agent.elements import Unsure, walk
-from agent.verify import _codecs, _kept_tags, _Search, search_modes
+from agent.verify import _codecs, _Search, search_modes
 from tests.conftest import shipped
 from tests.synthetic import Patient, make_ct_slice
 from tests.verify.corpus import CASES, build
@@ -27,12 +27,12 @@ def _both(outcome: object, profile: str) -> tuple[list[tuple[str, int, str, str]
     codecs = _codecs(out, ["iso8859"])
     from agent.detectors.scan import TextScanner
 
-    raw = _Search(result, TextScanner(), *search_modes(chosen), _kept_tags(chosen))
+    raw = _Search(result, TextScanner(), *search_modes(chosen))
     try:
         raw.collect_raw(encoded, codecs)
     except Unsure:
         return None
-    parsed = _Search(result, TextScanner(), *search_modes(chosen), _kept_tags(chosen))
+    parsed = _Search(result, TextScanner(), *search_modes(chosen))
     parsed.collect(out, "", codecs, top=True)
     return sorted(raw.entries), sorted(parsed.entries)
 
