@@ -64,6 +64,21 @@ def write_atomically(path: Path, data: bytes, *, fsync: bool = False) -> None:
         raise
 
 
+def _file_new(path: Path, data: bytes) -> bool:
+    """Write `path` whole only if it does not exist; True when it now holds `data` (written here,
+    or already there with the same bytes)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return path.read_bytes() == data
+    finally:
+        os.unlink(tmp)
+
+
 def quarantine(folder: Path, opaque_name: str, source: bytes, refusal: Refusal, *, profile: str,
                other_name: Callable[[], str] | None = None) -> Path:
     """Store the identifiable source as `<opaque>.dcm` with `<opaque>.json` stating why.
@@ -74,16 +89,18 @@ def quarantine(folder: Path, opaque_name: str, source: bytes, refusal: Refusal, 
     corrects one.
     """
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if other_name is not None:
-        existing = folder / f"{opaque_name}.dcm"
-        if existing.exists() and existing.read_bytes() != source:
-            opaque_name = other_name()
+    if other_name is None:
+        write_atomically(folder / f"{opaque_name}.dcm", source)
+    elif not _file_new(folder / f"{opaque_name}.dcm", source):
+        # Another worker may be filing a file of the same UID at this very moment: the name is
+        # claimed with a hard link, which fails if it exists, never by a check and then a write.
+        opaque_name = other_name()
+        _file_new(folder / f"{opaque_name}.dcm", source)  # the same bytes if it exists: keyed by them
     record = {
         **refusal.as_dict(),
         "profile": profile,
         "quarantined_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "file": f"{opaque_name}.dcm",
     }
-    write_atomically(folder / f"{opaque_name}.dcm", source)
     write_atomically(folder / f"{opaque_name}.json", (json.dumps(record, indent=2) + "\n").encode())
     return folder / f"{opaque_name}.json"
