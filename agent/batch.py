@@ -1,5 +1,8 @@
 """`nmip-agent anonymise`: a folder of files de-identified on both cores, streaming.
 
+The same scope and grain as the daemon: files outside the profile's scope are excluded (counted,
+neither written nor quarantined), and a refused file holds back its whole series.
+
 Paths are walked lazily and at most a few per worker are in flight, so memory does not grow
 with the number of files. Each worker builds its processor once; the parent only counts,
 reports and writes the crosswalk.
@@ -32,9 +35,10 @@ class FileReport:
     """What a worker sends back for one input file (small: it crosses a process boundary)."""
 
     path: str
-    status: str  # written | quarantined | unreadable | skipped | failed
-    detail: str = ""
+    status: str  # written | excluded | quarantined | unreadable | skipped | failed
+    detail: str = ""  # "reason: detail" when excluded or quarantined
     output: str = ""
+    series: str = ""  # the source series' keyed name: a refusal holds back its series
     patient: tuple[str, str] | None = None  # (source id, pseudonym): crosswalk, stays on site
     uids: tuple[tuple[str, str], ...] = ()
     digest: str = ""  # SHA-256 of the source bytes, to tell duplicates of one SOP instance apart
@@ -43,7 +47,7 @@ class FileReport:
 @dataclass
 class Summary:
     written: int = 0
-    excluded: int = 0  # out of the profile's scope (issue 9's scope rules: none yet)
+    excluded: int = 0  # out of the profile's scope: not written, not quarantined
     quarantined: int = 0
     unreadable: int = 0
     skipped: int = 0
@@ -52,9 +56,11 @@ class Summary:
 
     def add(self, report: FileReport) -> None:
         setattr(self, report.status, getattr(self, report.status) + 1)
-        if report.status == "quarantined":
+        if report.status in ("quarantined", "excluded"):
             code = report.detail.split(":", 1)[0]
             self.reasons[code] = self.reasons.get(code, 0) + 1
+
+
 
 
 @dataclass(frozen=True)
@@ -100,13 +106,16 @@ def _process_file(path: str) -> FileReport:
         return FileReport(path, "unreadable", f"{path}: cannot read ({exc.strerror})")
     if outcome.status == "skipped":
         return FileReport(path, "skipped", outcome.skip_reason)
+    if outcome.status == "excluded":
+        assert outcome.refusal is not None
+        return FileReport(path, "excluded", f"{outcome.refusal.reason.value}: {outcome.refusal.detail}",
+                          series=outcome.series_key)
     if outcome.status == "quarantined":
         assert outcome.refusal is not None
-        names = _processor.deidentifier.pseudonyms
-        quarantine(_job.quarantine_dir, outcome.opaque_name, data, outcome.refusal, profile=_processor.profile.name,
-                   other_name=lambda: names.opaque_name(f"{outcome.opaque_name}|{hashlib.sha256(data).hexdigest()}"))
+        opaque = quarantine_source(_job.quarantine_dir, outcome.opaque_name, data, outcome.refusal,
+                                   _processor.profile.name, _processor.deidentifier.pseudonyms)
         return FileReport(path, "quarantined", f"{outcome.refusal.reason.value}: {outcome.refusal.detail}",
-                          output=outcome.opaque_name)
+                          output=opaque, series=outcome.series_key)
     assert outcome.result is not None and outcome.encoded is not None
     write_atomically(_job.output_dir / outcome.relative_path, outcome.encoded)
     result = outcome.result
@@ -114,8 +123,17 @@ def _process_file(path: str) -> FileReport:
         path, "written", output=str(outcome.relative_path),
         patient=(result.source_patient_id, result.patient_pseudonym) if _job.crosswalk else None,
         uids=tuple(result.uid_map.items()) if _job.crosswalk else (),
-        digest=hashlib.sha256(data).hexdigest(),
+        digest=hashlib.sha256(data).hexdigest(), series=outcome.series_key,
     )
+
+
+def quarantine_source(folder: Path, opaque: str, data: bytes, refusal: Refusal, profile: str,
+                      names: Pseudonymiser) -> str:
+    """File a refused source under its keyed name (another keyed name when a different file of the
+    run already holds it); returns the name used."""
+    record = quarantine(folder, opaque, data, refusal, profile=profile,
+                        other_name=lambda: names.opaque_name(f"{opaque}|{hashlib.sha256(data).hexdigest()}"))
+    return record.stem
 
 
 class Duplicates:
@@ -144,11 +162,11 @@ class Duplicates:
         if first is not None and first[1] == report.digest:
             return [FileReport(report.path, "skipped", f"the same bytes as an earlier file ({report.output})")]
         self._remove_output(report.output)
-        reports = [self._quarantined(report.path)]
+        reports = [self._quarantined(report.path, report.series)]
         if first is not None:
             del self._written[report.output]
             self._conflicting.add(report.output)
-            reports.append(self._quarantined(first[0], undo=True))
+            reports.append(self._quarantined(first[0], report.series, undo=True))
         return reports
 
     def _remove_output(self, output: str) -> None:
@@ -157,13 +175,61 @@ class Duplicates:
         except FileNotFoundError:
             pass
 
-    def _quarantined(self, path: str, *, undo: bool = False) -> FileReport:
+    def _quarantined(self, path: str, series: str, *, undo: bool = False) -> FileReport:
         refusal = Refusal(Reason.DUPLICATE_SOP_INSTANCE, "another file of this run has the same SOP Instance UID and other bytes")
         data = Path(path).read_bytes()
         opaque = self.names.opaque_name(f"duplicate|{hashlib.sha256(data).hexdigest()}")
         quarantine(self.job.quarantine_dir, opaque, data, refusal, profile=self.profile)
         return FileReport(path, "quarantined", f"{refusal.reason.value}: {refusal.detail}", output=opaque,
-                          digest="undo" if undo else "")
+                          digest="undo" if undo else "", series=series)
+
+
+class SeriesGrain:
+    """A refusal holds back its series in a folder run too: once one file of a series is
+    quarantined, the series' files written so far are taken back (output removed, source
+    quarantined as `series_quarantined`) and its later files are held as they come. Runs in the
+    parent, after `Duplicates`; keeps each series' written outputs until the run ends."""
+
+    def __init__(self, job: Job, profile: str, names: Pseudonymiser) -> None:
+        self.job = job
+        self.profile = profile
+        self.names = names
+        self._written: dict[str, dict[str, str]] = {}  # series -> source path -> output path
+        self._held: set[str] = set()
+
+    def settle_all(self, reports: list[FileReport]) -> list[FileReport]:
+        """Settle what `Duplicates` made of one file: its take-backs first, so that a file it has
+        already quarantined is not held (and counted) a second time."""
+        for report in reports:
+            if report.status == "quarantined" and report.digest == "undo":
+                self._written.get(report.series, {}).pop(report.path, None)
+        return [settled for report in reports for settled in self.settle(report)]
+
+    def settle(self, report: FileReport) -> list[FileReport]:
+        if report.status == "written":
+            if report.series in self._held:
+                return [self._hold(report.path, report.output, report.series)]
+            self._written.setdefault(report.series, {})[report.path] = report.output
+            return [report]
+        if report.status != "quarantined":
+            return [report]
+        if report.digest == "undo":  # counted as written before; `Duplicates` removed its output
+            self._written.get(report.series, {}).pop(report.path, None)
+        reports = [report]
+        if report.series not in self._held:
+            self._held.add(report.series)
+            for path, output in self._written.pop(report.series, {}).items():
+                reports.append(self._hold(path, output, report.series, undo=True))
+        return reports
+
+    def _hold(self, path: str, output: str, series: str, *, undo: bool = False) -> FileReport:
+        (self.job.output_dir / output).unlink(missing_ok=True)
+        refusal = Refusal(Reason.SERIES_QUARANTINED, "another instance of its series is held on site")
+        data = Path(path).read_bytes()
+        opaque = self.names.opaque_name(f"series|{hashlib.sha256(data).hexdigest()}")
+        quarantine(self.job.quarantine_dir, opaque, data, refusal, profile=self.profile)
+        return FileReport(path, "quarantined", f"{refusal.reason.value}: {refusal.detail}", output=opaque,
+                          digest="undo" if undo else "", series=series)
 
 
 def iter_files(root: Path) -> Iterator[str]:
@@ -188,7 +254,7 @@ class ReportFile:
         self._file = os.fdopen(fd, "w", encoding="utf-8")
 
     def write(self, report: FileReport) -> None:
-        reason = report.detail.split(":", 1)[0] if report.status == "quarantined" else report.detail
+        reason = report.detail.split(":", 1)[0] if report.status in ("quarantined", "excluded") else report.detail
         record = {"file": report.path, "status": report.status, "reason": reason, "output": report.output}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
@@ -248,7 +314,8 @@ def anonymise(
     job = Job(output_dir=output_dir, quarantine_dir=quarantine_dir, crosswalk=crosswalk_dir is not None)
     summary = Summary()
     loaded = load_profile(profile)
-    duplicates = Duplicates(job, loaded.name, Pseudonymiser(load_key_file(key_file), loaded.pseudonym))
+    names = Pseudonymiser(load_key_file(key_file), loaded.pseudonym)
+    duplicates, grain = Duplicates(job, loaded.name, names), SeriesGrain(job, loaded.name, names)
     crosswalk = Crosswalk(crosswalk_dir) if crosswalk_dir is not None else None
     paths = iter_files(input_dir)
     try:
@@ -265,7 +332,7 @@ def anonymise(
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     first = future.result()
-                    for report in duplicates.settle(first):
+                    for report in grain.settle_all(duplicates.settle(first)):
                         if report.digest == "undo":  # an earlier file counted as written is quarantined
                             summary.written -= 1
                         summary.add(report)

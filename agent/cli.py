@@ -97,7 +97,8 @@ def check(
 ) -> None:
     """Dry run: show, attribute by attribute, what would leave the hospital, and the gate's verdict.
 
-    Exit 0 when every file would pass, 1 when any would be quarantined, 2 on usage or unreadable input.
+    Exit 0 when every file would pass or be excluded (out of the profile's scope), 1 when any would
+    be quarantined, 2 on usage or unreadable input.
     """
     from agent.deidentify import load_profile
     from agent.process import InstanceProcessor
@@ -107,7 +108,7 @@ def check(
     worst = 0
     for path in paths:
         report = _check_one(processor, path, changed_only)
-        worst = max(worst, {"pass": 0, "quarantine": 1, "skipped": 0}.get(report["verdict"], 2))
+        worst = max(worst, {"pass": 0, "excluded": 0, "quarantine": 1, "skipped": 0}.get(report["verdict"], 2))
         reports.append(report)
         if not as_json:
             _print_report(report)
@@ -127,6 +128,9 @@ def _check_one(processor: Any, path: Path, changed_only: bool) -> dict[str, Any]
     report: dict[str, Any] = {"file": str(path)}
     if outcome.status == "skipped":
         return {**report, "verdict": "skipped", "detail": outcome.skip_reason}
+    if outcome.status == "excluded":  # out of scope: nothing is done to it, so nothing to show
+        return {**report, "verdict": "excluded", "reason": outcome.refusal.reason.value,
+                "detail": outcome.refusal.detail, "attributes": []}
     if outcome.status == "passed":
         report.update(verdict="pass", output=str(outcome.relative_path))
     else:
@@ -156,6 +160,8 @@ def _print_report(report: dict[str, Any]) -> None:
         out.print(f"[green]PASS[/green]: would be released as {escape(report['output'])}")
     elif verdict == "quarantine":
         out.print(f"[red]QUARANTINE[/red] ({report['reason']}): {escape(report['detail'])}")
+    elif verdict == "excluded":
+        out.print(f"[cyan]EXCLUDED[/cyan] ({report['reason']}): {escape(report['detail'])}; not sent, not quarantined")
     else:
         out.print(f"[yellow]{verdict.upper()}[/yellow]: {escape(report['detail'])}")
 
@@ -174,6 +180,7 @@ def anonymise(
     """De-identify a folder in batch, in parallel, with a progress bar and a summary."""
     from agent import batch
     from agent.deidentify import load_profile
+    from agent.quarantine import EXCLUSIONS
 
     if not input_dir.is_dir():
         raise UsageError(f"{input_dir}: not a folder")
@@ -208,7 +215,10 @@ def anonymise(
               + (f", skipped {summary.skipped}" if summary.skipped else "")
               + (f", failed {summary.failed}" if summary.failed else ""))
     for code, count in sorted(summary.reasons.items()):
-        out.print(f"  quarantined {count}: {code} (see {quarantine_dir})")
+        if code in {r.value for r in EXCLUSIONS}:
+            out.print(f"  excluded {count}: {code} (out of profile {escape(profile)}'s scope: not written)")
+        else:
+            out.print(f"  quarantined {count}: {code} (see {quarantine_dir})")
     raise typer.Exit(1 if summary.quarantined or summary.unreadable or summary.failed else 0)
 
 
@@ -245,9 +255,11 @@ def status(config: ConfigFile, as_json: Annotated[bool, typer.Option("--json")] 
               + (f", oldest {oldest:.0f} s" if oldest is not None else ""))
     out.print(f"spool: {report['spool_mb']} MB of {report['spool_quota_mb']} MB quota; outbox: {report['outbox_mb']} MB;"
               f" disk free: {report['disk_free_mb']} MB")
-    out.print(f"quarantine: {len(report['quarantine'])} stud(ies)")
+    out.print(f"excluded (out of the profile's scope, not sent): {report['instances'].get('excluded', 0)} instance(s)")
+    out.print(f"quarantine: {len(report['quarantine'])} stud(ies) with series held on site")
     for entry in report["quarantine"]:
-        out.print(f"  {entry['study_key']}  {entry['reason']}  {entry['instances']} instance(s)")
+        out.print(f"  {entry['study_key']}  {entry['reason']}  {entry['instances']} instance(s)"
+                  f" in {len(entry['series'])} series")
     _print_delivery(report["delivery"], report["clinical_batches"])
     if report["undelivered_beyond_retention"]:
         out.print(f"[bold red]{report['undelivered_beyond_retention']} stud(ies) undelivered beyond"
@@ -273,18 +285,22 @@ def _print_delivery(delivery: dict[str, Any], clinical: dict[str, int]) -> None:
 
 @quarantine_app.command("list")
 def quarantine_list(config: ConfigFile) -> None:
-    """Quarantined studies, and delivered ones with instances the platform refused: key, reason, instances."""
+    """Studies with series held on site (a refusal holds its whole series), and instances the
+    platform refused: study key, reason, then each held series with its instances and reason."""
     from agent import config as config_module
     from agent.operate import status as read_status
 
     for entry in read_status(config_module.load(config))["quarantine"]:
         rest = "" if entry["study_state"] == "quarantined" else f"  (the rest of the study: {entry['study_state']})"
         out.print(f"{entry['study_key']}  {entry['reason']}  {entry['instances']} instance(s){rest}")
+        for series in entry["series"]:
+            held = ", ".join(f"{reason} {n}" for reason, n in sorted(series["reasons"].items()))
+            out.print(f"  series {series['series_key'] or '(unknown)'}  {series['instances']} instance(s): {held}")
 
 
 @quarantine_app.command("show")
 def quarantine_show(config: ConfigFile, study_key: Annotated[str, typer.Argument(help="A study key from `list`.")]) -> None:
-    """A study's instances with their reasons, and its audit trail, as JSON."""
+    """A study's held series, its instances with their series and reasons, and its audit trail, as JSON."""
     from agent import config as config_module
     from agent.operate import show
 
@@ -296,7 +312,8 @@ def quarantine_show(config: ConfigFile, study_key: Annotated[str, typer.Argument
 
 @quarantine_app.command("release")
 def quarantine_release(config: ConfigFile, study_key: Annotated[str, typer.Argument()]) -> None:
-    """Send a quarantined study through the pipeline again (e.g. after a profile fix)."""
+    """Release a study's held series: de-identified again (e.g. after a profile fix), delivered, and
+    the study's manifest sent again. What the gate still refuses is held again, with its series."""
     from agent import config as config_module
     from agent.operate import release
 

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from agent.deidentify import DeidentifiedInstance, Deidentifier, Profile, Refused
+from agent.deidentify.scope import exclusion
 from agent.errors import UnreadableInput
 from agent.keys import SiteKey
 from agent.limits import LimitExceeded, Limits, time_limit
@@ -24,13 +25,16 @@ from agent.quarantine import Reason, Refusal
 from agent.verify import screen, verify_output
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+_DEFERRED = 1 << 16  # reading a header only: values longer than this stay on disk (or in the buffer)
 
-Status = Literal["passed", "quarantined", "skipped"]
+Status = Literal["passed", "excluded", "quarantined", "skipped"]
 
 
 @dataclass
 class Outcome:
-    """What became of one source instance. `encoded` is set only when the gate passed it."""
+    """What became of one source instance. `encoded` is set only when the gate passed it;
+    `refusal` says why it was quarantined or, with status `excluded`, why it is out of scope;
+    `series_key` names its source series (keyed, as `opaque_name`), for holding back by series."""
 
     status: Status
     refusal: Refusal | None = None
@@ -38,6 +42,7 @@ class Outcome:
     encoded: bytes | None = None
     opaque_name: str = ""
     skip_reason: str = ""
+    series_key: str = ""
 
     @property
     def relative_path(self) -> Path:
@@ -65,6 +70,14 @@ def read_dataset(data: bytes, where: object) -> Dataset:
     return ds
 
 
+def read_header(path: Path) -> Dataset:
+    """The header of a file too large to read whole: up to the pixel data, long values left unread."""
+    try:
+        return dcmread(path, stop_before_pixels=True, force=True, defer_size=_DEFERRED)
+    except Exception as exc:  # pydicom raises many types, and its messages can quote values
+        raise UnreadableInput(path.name, exc) from None
+
+
 class InstanceProcessor:
     """Built once per process (it compiles the profile's key material); `process` per instance."""
 
@@ -90,12 +103,35 @@ class InstanceProcessor:
     def _too_large(self, data: bytes, where: object) -> Outcome:
         """Refused from its header alone: nothing past the pixel data's tag is read."""
         try:
-            ds = dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+            ds = dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, defer_size=_DEFERRED)
             opaque = self.deidentifier.pseudonyms.opaque_name(str(ds.SOPInstanceUID))
         except Exception as exc:  # no SOP Instance UID to file it by
             raise UnreadableInput(where, exc) from None
-        refusal = Refusal(Reason.RESOURCE_LIMIT, f"max_instance_mb: {len(data) >> 20} MB")
-        return Outcome("quarantined", refusal=refusal, opaque_name=opaque)
+        return self.too_large(ds, len(data), opaque)
+
+    def too_large(self, header: Dataset, size: int, opaque: str) -> Outcome:
+        """An instance past `max_instance_mb`, judged by its header: excluded when out of scope
+        (a long video the profile does not take), quarantined otherwise."""
+        series = self.series_key(header)
+        excluded = self._exclusion(header)
+        if excluded is not None:
+            return Outcome("excluded", refusal=excluded, opaque_name=opaque, series_key=series)
+        refusal = Refusal(Reason.RESOURCE_LIMIT, f"max_instance_mb: {size >> 20} MB")
+        return Outcome("quarantined", refusal=refusal, opaque_name=opaque, series_key=series)
+
+    def series_key(self, ds: Dataset) -> str:
+        """The source series' keyed name ("" when it has none a string can be made of)."""
+        try:
+            uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+        except Exception:  # a damaged value: no series to name it by
+            return ""
+        return self.deidentifier.pseudonyms.opaque_name(uid) if uid else ""
+
+    def _exclusion(self, ds: Dataset) -> Refusal | None:
+        try:
+            return exclusion(ds, self.profile.sop_classes, self.profile.exclude, self.profile.name)
+        except Exception:  # a damaged SOP Class UID or matched value: the gate decides, and refuses
+            return None
 
     def _process(self, data: bytes, where: object, *, record: bool) -> Outcome:
         ds = read_dataset(data, where)
@@ -110,6 +146,15 @@ class InstanceProcessor:
             raise
         except Exception as exc:  # a damaged meta group or UID: pydicom raises many types, quoting values
             raise UnreadableInput(where, exc) from None
+        series = self.series_key(ds)
+        excluded = self._exclusion(ds)  # scope first: nothing more is done with what is not taken
+        if excluded is not None:
+            return Outcome("excluded", refusal=excluded, opaque_name=opaque, series_key=series)
+        outcome = self._deidentify(ds, opaque, record=record)
+        outcome.series_key = series
+        return outcome
+
+    def _deidentify(self, ds: Dataset, opaque: str, *, record: bool) -> Outcome:
         refusal: Refusal | None = None
         try:
             with time_limit(self.limits.instance_seconds):

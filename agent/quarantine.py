@@ -27,11 +27,19 @@ class Reason(str, enum.Enum):
     RESIDUAL_IDENTIFIER = "residual_identifier"
     INVALID_OUTPUT = "invalid_output"
     DEIDENTIFICATION_FAILED = "deidentification_failed"
-    STUDY_QUARANTINED = "study_quarantined"  # another instance of the study was refused
+    SERIES_QUARANTINED = "series_quarantined"  # another instance of its series was refused: no series with a hole
+    STUDY_QUARANTINED = "study_quarantined"  # the whole-study rule before issue 9: kept to read old records
     UNREADABLE = "unreadable"  # the spooled file cannot be parsed any more
     DUPLICATE_SOP_INSTANCE = "duplicate_sop_instance"  # a batch run met other bytes with the same SOP Instance UID
     PLATFORM_REJECTED = "platform_rejected"  # the central platform refused it; detail: its reason
     RESOURCE_LIMIT = "resource_limit"  # the instance broke a limit of config.yaml's limits section
+    # Not refusals: an excluded instance is outside the profile's scope, never sent, never held.
+    OUT_OF_SCOPE = "out_of_scope"  # a SOP class the profile does not accept
+    EXCLUDED_BY_RULE = "excluded_by_rule"  # a header match of the profile's `exclude:` rules
+
+
+#: The reasons that exclude an instance rather than quarantine it.
+EXCLUSIONS = frozenset({Reason.OUT_OF_SCOPE, Reason.EXCLUDED_BY_RULE})
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pydicom._uid_dict import UID_dictionary
 
 from agent.deidentify.plan import Plan, RecipeLineError, compile_plan
 from agent.deidentify.pseudonym import PseudonymSettings
+from agent.deidentify.scope import ExclusionRule, parse_rules
 from agent.errors import ProfileError
 
 #: Where `--profile NAME` looks; NMIP_AGENT_PROFILES points elsewhere (a site's own folder).
@@ -45,7 +46,7 @@ METHOD_CODES: dict[str, tuple[str, str]] = {
     "retain_institution_identity": ("113112", "Retain Institution Identity Option"),
 }
 
-_MANIFEST_KEYS = {"name", "version", "description", "recipes", "pseudonym", "sop_classes", "vocabulary"}
+_MANIFEST_KEYS = {"name", "version", "description", "recipes", "pseudonym", "sop_classes", "vocabulary", "exclude"}
 _PSEUDONYM_KEYS = {"prefix", "length", "date_shift_days"}
 _STORAGE_NAMES = {info[0]: uid for uid, info in UID_dictionary.items() if info[1] == "SOP Class"}
 
@@ -64,6 +65,7 @@ class Profile:
     pseudonym: PseudonymSettings
     sop_classes: frozenset[str]
     vocabulary: frozenset[str] = frozenset()  # the site's words, added to the shipped imaging vocabulary
+    exclude: tuple[ExclusionRule, ...] = ()  # header matches that put an accepted instance out of scope
 
     @property
     def method_codes(self) -> list[tuple[str, str]]:
@@ -133,6 +135,7 @@ def load(name_or_path: str) -> Profile:
         pseudonym=_pseudonym(data.get("pseudonym") or {}, manifest),
         sop_classes=_sop_classes(data.get("sop_classes", "all-storage"), manifest),
         vocabulary=_vocabulary(data.get("vocabulary", []), manifest),
+        exclude=parse_rules(data.get("exclude"), manifest),
     )
 
 
@@ -233,8 +236,9 @@ def _vocabulary(value: Any, manifest: Path) -> frozenset[str]:
 
 def _sop_classes(value: Any, manifest: Path) -> frozenset[str]:
     """Accepted SOP classes: UIDs or pydicom names; `all-storage` is every storage class pydicom knows."""
-    if value == "all-storage":
-        return frozenset(uid for name, uid in _STORAGE_NAMES.items() if name.endswith("Storage"))
+    if value == "all-storage":  # every class but encapsulated documents: nothing can clean a PDF's text
+        return frozenset(uid for name, uid in _STORAGE_NAMES.items()
+                         if name.endswith("Storage") and not name.startswith("Encapsulated"))
     if not isinstance(value, list) or not value:
         raise ProfileError(f"{manifest}: sop_classes: 'all-storage' or a list of SOP Class UIDs or names")
     out = set()

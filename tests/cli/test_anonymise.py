@@ -14,9 +14,12 @@ import pytest
 from pydicom import dcmread
 
 from tests.cli.helpers import Run, nmip, sample
-from tests.synthetic import Patient, make_study, planted_values, write
+from tests.synthetic import Patient, make_ct_slice, make_study, planted_values, write
 
 PATIENT = Patient()
+#: Another patient of the export, whose one CT image says it has burned-in text: quarantined.
+BURNED_PATIENT = Patient(patient_id="HOSP777001", name="OTHERSURNAME^OTHERGIVEN", other_id="NHS9434765870",
+                         accession="ACC55512345")
 # The folder names of a typical hospital export: the patient, the hospital number, the date.
 EXPORT = Path("PLANTEDSURNAME_HOSP123456") / "20200315"
 PSEUDONYM = re.compile(r"^[0-9A-Z]{12}$")
@@ -34,7 +37,8 @@ class Tree:
     root: Path
     study: list[Path]  # the synthetic study, 2 series x 3 instances
     ct_small: Path
-    ultrasound: Path
+    ultrasound: Path  # outside nccid's scope: excluded
+    burned: Path  # a CT image with BurnedInAnnotation YES: quarantined
     unreadable: list[Path]
     dicomdirs: list[Path]
     planted: dict[str, str]  # label -> value, over the whole synthetic study
@@ -51,7 +55,8 @@ class Tree:
 
 
 def build_tree(root: Path) -> Tree:
-    """A hospital export: a synthetic study, CT_small, an ultrasound, a text file, an empty file, two DICOMDIRs."""
+    """A hospital export: a synthetic study, CT_small, an ultrasound, a CT with burned-in text, a text
+    file, an empty file, two DICOMDIRs."""
     folder = root / EXPORT
     study = []
     planted: dict[str, str] = {}
@@ -63,6 +68,9 @@ def build_tree(root: Path) -> Tree:
     shutil.copyfile(sample("CT_small.dcm"), ct_small)
     ultrasound = folder / "US0001.dcm"
     shutil.copyfile(sample("examples_palette.dcm"), ultrasound)
+    burned_slice = make_ct_slice(BURNED_PATIENT)
+    burned_slice.BurnedInAnnotation = "YES"
+    burned = write(burned_slice, folder / "BURNED" / "IMG0001.dcm")
     notes = folder / "notes.txt"
     notes.write_text(f"Export for {PATIENT.name}, hospital number {PATIENT.patient_id}\n")
     empty = folder / "empty.dcm"
@@ -71,7 +79,7 @@ def build_tree(root: Path) -> Tree:
     shutil.copyfile(sample("DICOMDIR"), dicomdir)
     renamed = folder / "INDEX.DCM"  # a DICOMDIR under another name: known by its content
     shutil.copyfile(sample("DICOMDIR"), renamed)
-    return Tree(root, study, ct_small, ultrasound, [empty, notes], [dicomdir, renamed], planted)
+    return Tree(root, study, ct_small, ultrasound, burned, [empty, notes], [dicomdir, renamed], planted)
 
 
 @dataclass
@@ -135,10 +143,12 @@ def _summary(run: Run) -> tuple[int, int, int]:
 # --- what the user sees -----------------------------------------------------------------------
 
 
-def test_summary_counts_written_quarantined_unreadable(first: Result) -> None:
-    """The summary line says written 7, quarantined 1, unreadable 2 and names the quarantine reason."""
+def test_summary_counts_written_excluded_quarantined_unreadable(first: Result) -> None:
+    """The summary line says written 7, excluded 1, quarantined 1, unreadable 2, and names the reasons."""
     assert _summary(first.run) == (7, 1, 2)
-    assert re.search(r"quarantined 1: burned_in_risk", first.run.stdout)
+    assert re.search(r"^written 7, excluded 1, quarantined 1, unreadable 2\b", first.run.stdout, re.MULTILINE)
+    assert re.search(r"quarantined 1: burned_in_annotation", first.run.stdout)
+    assert re.search(r"excluded 1: out_of_scope", first.run.stdout)
 
 
 def test_exits_1_when_something_was_quarantined_or_unreadable(first: Result) -> None:
@@ -226,15 +236,16 @@ def test_dicomdirs_are_not_copied(first: Result, outputs: dict[str, object], tre
 # --- the quarantine ---------------------------------------------------------------------------
 
 
-def test_ultrasound_is_quarantined_with_its_reason(first: Result, tree: Tree) -> None:
-    """The ultrasound lands in quarantine as <opaque>.dcm (its source bytes) + <opaque>.json with reason burned_in_risk."""
+def test_burned_in_ct_is_quarantined_with_its_reason(first: Result, tree: Tree) -> None:
+    """The CT with burned-in text lands in quarantine as <opaque>.dcm (its source bytes) + <opaque>.json
+    with reason burned_in_annotation; the ultrasound, out of nccid's scope, is not there."""
     files = sorted(first.quarantine.iterdir())
     assert [p.suffix for p in files] == [".dcm", ".json"], files
     dcm, record = files
     assert dcm.stem == record.stem
-    assert dcm.read_bytes() == tree.ultrasound.read_bytes()
+    assert dcm.read_bytes() == tree.burned.read_bytes()
     reason = json.loads(record.read_text())
-    assert reason["reason"] == "burned_in_risk"
+    assert reason["reason"] == "burned_in_annotation"
     assert reason["file"] == dcm.name
     assert reason["profile"] == "nccid"
     assert reason["detail"]
@@ -242,7 +253,7 @@ def test_ultrasound_is_quarantined_with_its_reason(first: Result, tree: Tree) ->
 
 def test_quarantine_names_are_opaque(first: Result, tree: Tree) -> None:
     """Quarantine file names are opaque keyed hashes: no identifier, no input name."""
-    source = dcmread(tree.ultrasound, stop_before_pixels=True)
+    source = dcmread(tree.burned, stop_before_pixels=True)
     identifiers = {str(source.get(k, "")).lower() for k in ("PatientName", "PatientID", "SOPInstanceUID", "StudyInstanceUID")}
     forbidden = ({n.lower() for n in tree.input_names()} | identifiers) - {""}
     for path in first.quarantine.iterdir():
@@ -252,12 +263,13 @@ def test_quarantine_names_are_opaque(first: Result, tree: Tree) -> None:
 
 def test_nothing_else_about_a_quarantined_instance_is_output(first: Result, outputs: dict[str, object],
                                                              tree: Tree) -> None:
-    """The quarantined ultrasound has no output file and no crosswalk row."""
-    source = dcmread(tree.ultrasound, stop_before_pixels=True)
+    """The quarantined CT and the excluded ultrasound have no output file and no crosswalk row."""
     assert all(ds.Modality != "US" for ds in outputs.values())
     olds = {row[0] for row in first.mapping("uid")} | {row[0] for row in first.mapping("patid")}
-    assert str(source.SOPInstanceUID) not in olds
-    assert str(source.PatientID) not in olds
+    for path in (tree.burned, tree.ultrasound):
+        source = dcmread(path, stop_before_pixels=True)
+        assert str(source.SOPInstanceUID) not in olds, path.name
+        assert str(source.PatientID) not in olds, path.name
 
 
 # --- the crosswalk ----------------------------------------------------------------------------

@@ -124,13 +124,14 @@ def _only(run: Run) -> dict[str, Any]:
 
 def test_table_shows_attributes_and_each_verdict(check: Callable[..., Run]) -> None:
     """Without --json, a table per file names PatientName with its Before value, then PASS, QUARANTINE or UNREADABLE."""
-    run = check("CT_small.dcm", "examples_palette.dcm", "notes.txt", as_json=False)
+    run = check("CT_small.dcm", "burned.dcm", "examples_palette.dcm", "notes.txt", as_json=False)
     for column in ("Attribute", "Action", "Before", "After"):
         assert column in run.stdout
     assert "PatientName" in run.stdout
     assert "CompressedSamples^CT1" in run.stdout
     assert re.search(r"PASS: would be released as\s+[0-9A-Z]{12}/2\.25\.", run.stdout)
-    assert "QUARANTINE (burned_in_risk)" in run.stdout
+    assert "QUARANTINE (burned_in_annotation)" in run.stdout
+    assert "EXCLUDED (out_of_scope)" in run.stdout
     assert re.search(r"UNREADABLE: .*notes\.txt: not a readable DICOM file", run.stdout)
 
 
@@ -239,25 +240,56 @@ def test_each_attribute_is_reported_once(reports: dict[str, dict[str, Any]]) -> 
 
 
 GATE_CASES = {
-    "examples_palette.dcm": "burned_in_risk",  # ultrasound
-    "image1.dcm": "burned_in_risk",  # secondary capture
-    "ctbrain1.dcm": "burned_in_risk",  # secondary capture
-    "screen.dcm": "burned_in_risk",  # CT whose Image Type says SCREEN SAVE
     "burned.dcm": "burned_in_annotation",
-    "document.dcm": "encapsulated_document",
-    "rtplan.dcm": "unknown_sop_class",
-    "test-SR.dcm": "unknown_sop_class",
+}
+#: Outside nccid's scope: excluded (not sent, not quarantined).
+EXCLUDED_CASES = {
+    "examples_palette.dcm": "out_of_scope",  # ultrasound
+    "image1.dcm": "out_of_scope",  # secondary capture
+    "ctbrain1.dcm": "out_of_scope",  # secondary capture
+    "screen.dcm": "excluded_by_rule",  # CT whose Image Type says SCREEN SAVE (a GE dose screen)
+    "document.dcm": "out_of_scope",
+    "rtplan.dcm": "out_of_scope",
+    "test-SR.dcm": "out_of_scope",
+}
+#: Under `basic` (every storage class but documents, no exclusion rule) the same files are in
+#: scope, and the gate refuses what it cannot make safe.
+BASIC_GATE_CASES = {
+    "examples_palette.dcm": "burned_in_risk",
+    "image1.dcm": "burned_in_risk",
+    "ctbrain1.dcm": "burned_in_risk",
+    "screen.dcm": "burned_in_risk",
+    "burned.dcm": "burned_in_annotation",
 }
 
 
 @pytest.mark.parametrize("name", list(GATE_CASES))
 def test_gate_refuses_with_a_machine_readable_reason(reports: dict[str, dict[str, Any]], name: str) -> None:
-    """Burned-in text, screen captures, documents and SOP classes nccid does not list are refused with their reason code."""
+    """Burned-in text is refused with its reason code."""
     report = reports[name]
     assert report["verdict"] == "quarantine", report
     assert report["reason"] == GATE_CASES[name]
     assert report["detail"]
     assert "output" not in report
+
+
+@pytest.mark.parametrize("name", list(EXCLUDED_CASES))
+def test_out_of_scope_is_excluded_with_a_machine_readable_reason(reports: dict[str, dict[str, Any]], name: str) -> None:
+    """Screen captures, dose screens, documents and SOP classes nccid does not list are excluded, with their reason."""
+    report = reports[name]
+    assert report["verdict"] == "excluded", report
+    assert report["reason"] == EXCLUDED_CASES[name]
+    assert report["detail"]
+    assert "output" not in report
+
+
+def test_in_scope_burned_in_risk_is_refused(check: Callable[..., Run]) -> None:
+    """A profile that takes ultrasound and screen captures still refuses them while no pixel rule masks them."""
+    names = list(BASIC_GATE_CASES)
+    run = check(*names, profile="basic")
+    assert run.returncode == 1
+    for name, report in zip(names, run.json()["files"]):
+        assert (report["verdict"], report["reason"]) == ("quarantine", BASIC_GATE_CASES[name]), name
 
 
 def test_refusal_detail_names_no_identifier(reports: dict[str, dict[str, Any]], inputs: dict[str, Path]) -> None:
@@ -270,9 +302,9 @@ def test_refusal_detail_names_no_identifier(reports: dict[str, dict[str, Any]], 
 
 def test_mix_of_passing_and_quarantined_files_reports_each(check: Callable[..., Run]) -> None:
     """Checking a passing file and a refused one gives one report per file, in order."""
-    reports = check("CT_small.dcm", "examples_palette.dcm").json()["files"]
-    assert [r["verdict"] for r in reports] == ["pass", "quarantine"]
-    assert [r["file"] for r in reports] == [str(sample("CT_small.dcm")), str(sample("examples_palette.dcm"))]
+    reports = check("CT_small.dcm", "burned.dcm", "examples_palette.dcm").json()["files"]
+    assert [r["verdict"] for r in reports] == ["pass", "quarantine", "excluded"]
+    assert [r["file"] for r in reports][::2] == [str(sample("CT_small.dcm")), str(sample("examples_palette.dcm"))]
 
 
 # --- unreadable input and usage errors ------------------------------------------------------
@@ -311,8 +343,9 @@ EXIT_CASES = {
     # case: (files, expected exit code)
     "pass": (("CT_small.dcm",), 0),
     "pass, six transfer syntaxes": (tuple(MR_VARIANTS), 0),
-    "ultrasound": (("examples_palette.dcm",), 1),
-    "pass and quarantine": (("CT_small.dcm", "examples_palette.dcm"), 1),
+    "ultrasound, out of scope": (("examples_palette.dcm",), 0),
+    "burned-in text": (("burned.dcm",), 1),
+    "pass and quarantine": (("CT_small.dcm", "burned.dcm"), 1),
     "text file": (("notes.txt",), 2),
     "every kind of input": (EVERYTHING, 2),
 }
@@ -322,7 +355,7 @@ EXIT_CASES = {
     "case", list(EXIT_CASES)
 )
 def test_exit_code(check: Callable[..., Run], case: str) -> None:
-    """check --json exits 0 when every file would pass, 1 when any would be quarantined, 2 on unreadable input."""
+    """check --json exits 0 when every file would pass or be excluded, 1 when any would be quarantined, 2 on unreadable input."""
     names, expected = EXIT_CASES[case]
     run = check(*names)
     assert len(run.json()["files"]) == len(names)

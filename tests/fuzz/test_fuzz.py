@@ -46,6 +46,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 from agent.errors import UnreadableInput
 from agent.keys import SiteKey
 from agent.process import InstanceProcessor, Outcome
+from agent.quarantine import EXCLUSIONS
 from tests.conftest import REPO, shipped
 from tests.fuzz.mutate import RETAINED_BY_NCCID, Variant, build, encoded_forms, python_codecs, scan, variant_ids
 
@@ -123,7 +124,7 @@ class Run:
 
     variant: Variant
     profile: str
-    status: str = ""  # passed, quarantined, skipped, unreadable, exception, timeout
+    status: str = ""  # passed, excluded, quarantined, skipped, unreadable, exception, timeout
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)  # failures, no values
     warnings: list[str] = field(default_factory=list)  # category and location of each warning
@@ -166,11 +167,14 @@ def run_variant(variant: Variant, processor: InstanceProcessor, profile: str) ->
     if run.seconds > SLOW_S and run.status != "timeout":
         run.problems.append(f"took {run.seconds:.1f}s")
     if outcome is not None:
-        if not isinstance(outcome, Outcome) or outcome.status not in ("passed", "quarantined", "skipped"):
+        if not isinstance(outcome, Outcome) or outcome.status not in ("passed", "excluded", "quarantined", "skipped"):
             run.problems.append(f"returned {type(outcome).__name__} with status {getattr(outcome, 'status', '?')}")
             return run
         run.status = outcome.status
         run.refusal = outcome.refusal.reason.value if outcome.refusal is not None else ""
+        if outcome.status == "excluded" and (outcome.encoded is not None or outcome.refusal is None
+                                             or outcome.refusal.reason not in EXCLUSIONS):
+            run.problems.append("excluded with output bytes or without an exclusion reason")
         if outcome.status == "passed":
             if outcome.encoded is None:
                 run.problems.append("passed without encoded bytes")

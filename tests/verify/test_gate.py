@@ -59,26 +59,71 @@ def test_numbers_and_words_that_merely_contain_an_identifier_pass(run: Callable)
     assert run(ds).status == "passed"
 
 
-@pytest.mark.parametrize(
-    ("change", "reason"),
-    [({"BurnedInAnnotation": "YES"}, Reason.BURNED_IN_ANNOTATION),
-     ({"Modality": "US", "SOPClassUID": UltrasoundImageStorage}, Reason.BURNED_IN_RISK),
-     ({"Modality": "OT", "SOPClassUID": SecondaryCaptureImageStorage}, Reason.BURNED_IN_RISK),
-     ({"ImageType": ["DERIVED", "SECONDARY", "SCREEN SAVE"]}, Reason.BURNED_IN_RISK),
-     ({"SOPClassUID": EncapsulatedPDFStorage}, Reason.ENCAPSULATED_DOCUMENT),
-     ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.481.5"}, Reason.UNKNOWN_SOP_CLASS),  # RT Plan: not nccid's
-     ({"SOPClassUID": "1.3.6.1.4.1.99999.1"}, Reason.UNKNOWN_SOP_CLASS),  # a private SOP class
-     ({"PatientID": ""}, Reason.NO_PATIENT_ID)],
-)
-def test_screened_out_before_deidentification(run: Callable, change: dict[str, object], reason: Reason) -> None:
-    """Burned-in risk, documents, unknown SOP classes and missing patient IDs go to quarantine."""
+def _changed(change: dict[str, object]) -> Dataset:
     ds = make_ct_slice(Patient())
     for keyword, value in change.items():
         setattr(ds, keyword, value)
-        if keyword == "SOPClassUID":
+        if keyword == "SOPClassUID" and value:
             ds.file_meta.MediaStorageSOPClassUID = value
-    outcome = run(ds)
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [({"BurnedInAnnotation": "YES"}, Reason.BURNED_IN_ANNOTATION),
+     ({"SOPClassUID": ""}, Reason.UNKNOWN_SOP_CLASS),  # damaged: no class to judge its scope by
+     ({"PatientID": ""}, Reason.NO_PATIENT_ID)],
+)
+def test_screened_out_before_deidentification(run: Callable, change: dict[str, object], reason: Reason) -> None:
+    """Burned-in text, a damaged SOP class and a missing patient ID go to quarantine."""
+    outcome = run(_changed(change))
     assert outcome.status == "quarantined" and outcome.refusal.reason is reason
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [({"Modality": "US", "SOPClassUID": UltrasoundImageStorage}, Reason.OUT_OF_SCOPE),
+     ({"Modality": "OT", "SOPClassUID": SecondaryCaptureImageStorage}, Reason.OUT_OF_SCOPE),
+     ({"SOPClassUID": EncapsulatedPDFStorage}, Reason.OUT_OF_SCOPE),
+     ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.481.5"}, Reason.OUT_OF_SCOPE),  # RT Plan: not nccid's
+     ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.88.67"}, Reason.OUT_OF_SCOPE),  # X-Ray Radiation Dose SR
+     ({"SOPClassUID": "1.3.6.1.4.1.99999.1"}, Reason.OUT_OF_SCOPE),  # a private SOP class
+     ({"ImageType": ["DERIVED", "SECONDARY", "SCREEN SAVE"]}, Reason.EXCLUDED_BY_RULE),  # GE dose screen as CT
+     ({"SeriesDescription": "Dose Report"}, Reason.EXCLUDED_BY_RULE),
+     ({"SeriesDescription": "CT DOSE_INFO"}, Reason.EXCLUDED_BY_RULE),
+     ({"SeriesDescription": "Patient Protocol"}, Reason.EXCLUDED_BY_RULE)],
+)
+def test_out_of_scope_is_excluded_before_any_work(run: Callable, change: dict[str, object], reason: Reason) -> None:
+    """What nccid does not collect is excluded: not written, not quarantined, with its reason."""
+    outcome = run(_changed(change))
+    assert outcome.status == "excluded" and outcome.refusal.reason is reason
+    assert outcome.encoded is None and outcome.result is None
+    assert outcome.series_key  # recorded with its series
+
+
+@pytest.mark.parametrize("description", ["Low dose CT chest", "CHEST 1.0 B70f", "Dose modulated thorax"])
+def test_ordinary_series_are_not_caught_by_the_dose_rules(run: Callable, description: str) -> None:
+    ds = make_ct_slice(Patient(), plant=False)
+    ds.SeriesDescription = description
+    assert run(ds).status == "passed"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [({"Modality": "US", "SOPClassUID": UltrasoundImageStorage}, Reason.BURNED_IN_RISK),
+     ({"Modality": "OT", "SOPClassUID": SecondaryCaptureImageStorage}, Reason.BURNED_IN_RISK),
+     ({"ImageType": ["DERIVED", "SECONDARY", "SCREEN SAVE"]}, Reason.BURNED_IN_RISK)],
+)
+def test_a_profile_that_takes_burned_in_risk_still_refuses_it(compose: Callable, run: Callable,
+                                                            change: dict[str, object], reason: Reason) -> None:
+    """In scope (all-storage, no rule) but with no pixel rule: quarantined, never passed."""
+    outcome = run(_changed(change), compose())
+    assert outcome.status == "quarantined" and outcome.refusal.reason is reason
+
+
+def test_all_storage_leaves_encapsulated_documents_out(compose: Callable, run: Callable) -> None:
+    outcome = run(_changed({"SOPClassUID": EncapsulatedPDFStorage}), compose())
+    assert outcome.status == "excluded" and outcome.refusal.reason is Reason.OUT_OF_SCOPE
 
 
 def test_unknown_public_attribute_is_searched_too(run: Callable) -> None:
