@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from agent.config import Config
 from agent.pipeline import outbox_bytes
-from agent.spool.state import State, StudyRow
+from agent.spool.state import InstanceRow, State, StudyRow
 from agent.spool.store import Spool
 
 _MB = 1024 * 1024
@@ -36,6 +37,7 @@ def status(config: Config) -> dict[str, Any]:
         state.close()
     return {
         "studies": counts["studies"],
+        # Counts per state, a state with none left out; `excluded`: out of the profile's scope.
         "instances": counts["instances"],
         "waiting_for_delivery": counts["studies"].get("queued", 0),
         "oldest_waiting_s": None if oldest is None else round(time.time() - oldest, 1),
@@ -66,10 +68,29 @@ def _delivery(config: Config, problem: dict[str, Any] | None, refused: int) -> d
 
 
 def _quarantine_entry(state: State, study: StudyRow) -> dict[str, Any]:
-    """A study in quarantine, or a delivered one with instances the platform refused."""
+    """A study with something held on site: its held series (a series is held whole), or instances
+    the platform refused. `study_state` says what became of the rest of it."""
     held = [i for i in state.instances(study.study_key) if i.state == "quarantined"]
-    return {"study_key": study.study_key, "reason": study.reason or (held[0].reason if held else None),
-            "since": study.updated_at, "instances": len(held), "study_state": study.state}
+    return {"study_key": study.study_key, "reason": _own_reason(held) or study.reason,
+            "since": study.updated_at, "instances": len(held), "study_state": study.state,
+            "series": _held_series(held)}
+
+
+def _own_reason(held: list[InstanceRow]) -> str | None:
+    """The first refusal of its own (not `series_quarantined`, which is its consequence)."""
+    reasons = [i.reason for i in held if i.reason]
+    return next((r for r in reasons if r not in ("series_quarantined", "study_quarantined")),
+                reasons[0] if reasons else None)
+
+
+def _held_series(held: list[InstanceRow]) -> list[dict[str, Any]]:
+    """Each series with held instances: its key (opaque; "" when not known), how many, and why."""
+    by_series: dict[str, list[InstanceRow]] = {}
+    for row in held:
+        by_series.setdefault(row.series_key or "", []).append(row)
+    return [{"series_key": key, "instances": len(rows), "reason": _own_reason(rows),
+             "reasons": dict(Counter(r.reason or "" for r in rows))}
+            for key, rows in sorted(by_series.items())]
 
 
 def show(config: Config, study_key: str) -> dict[str, Any] | None:
@@ -78,11 +99,14 @@ def show(config: Config, study_key: str) -> dict[str, Any] | None:
         study = state.study(study_key)
         if study is None:
             return None
+        instances = state.instances(study_key)
         return {
             "study_key": study.study_key, "state": study.state, "reason": study.reason,
             "pseudonym": study.pseudonym, "output_study": study.output_study,
-            "instances": [{"sop_key": i.sop_key, "state": i.state, "reason": i.reason, "detail": i.detail}
-                          for i in state.instances(study_key)],
+            "held_series": _held_series([i for i in instances if i.state == "quarantined"]),
+            "excluded": sum(1 for i in instances if i.state == "excluded"),
+            "instances": [{"sop_key": i.sop_key, "series_key": i.series_key, "state": i.state, "reason": i.reason,
+                           "detail": i.detail} for i in instances],
             "audit": [{"at": at, "sop_key": sop, "event": event, "detail": detail}
                       for at, sop, event, detail in state.audit_trail(study_key)],
         }

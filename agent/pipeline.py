@@ -2,9 +2,11 @@
 
 A study is stable once nothing has arrived for the quiet period (Orthanc's model). Its pending
 instances are de-identified in a pool of worker processes into a staging folder
-(`outbox/.staging/<study_key>/`); if every one passes the release gate they move into the outbox,
-otherwise the whole study goes to quarantine, each instance with its reason, and its staging
-folder is removed. The database records the outcome in one transaction, after the files are on
+(`outbox/.staging/<study_key>/`). Scope comes first: an instance the profile does not take is
+excluded (recorded, never sent, its spool copy deleted). The grain of a refusal is the series:
+a series with an instance the gate refused is held whole in quarantine (its other instances as
+`series_quarantined`), so no series is delivered with a hole, and the study's other series move
+into the outbox. The database records the outcome in one transaction, after the files are on
 disk, so a crash at any point leaves the study `stable` and the next round (or the next start)
 does it again, writing the same files under the same names.
 
@@ -18,7 +20,7 @@ from: a resent instance gets a new `received_at`, so its earlier result is never
 attempt at an instance starts only once the previous one has finished, so a stale attempt never
 writes over a newer one's staged file). When the study becomes stable, the results that still
 match the database, whose staged files are still there, are used and only the rest is
-de-identified; the decision (publish all or quarantine all), the `os.sync` and the database
+de-identified; the decision (series by series), the `os.sync` and the database
 transaction are the same as without it. Nothing is published before the study is stable. The
 memory is lost on a restart: then everything is de-identified again at stable, and staging is
 only scratch.
@@ -47,7 +49,7 @@ from agent.deidentify import load_profile
 from agent.errors import UnreadableInput
 from agent.keys import load_key_file
 from agent.limits import Limits, bound_worker_memory
-from agent.process import InstanceProcessor
+from agent.process import InstanceProcessor, read_header
 from agent.processes import name_process
 from agent.quarantine import Reason, Refusal, quarantine, write_atomically
 from agent.spool.state import InstanceRow, State, StudyRow
@@ -67,6 +69,8 @@ class InstanceResult:
 
     sop_key: str
     passed: bool
+    excluded: bool = False  # out of the profile's scope: reason and detail say why
+    series_key: str = ""  # the source series' keyed name, "" when unknown
     output: str = ""
     reason: str = ""
     detail: str = ""
@@ -124,22 +128,27 @@ def deidentify_spooled(sop_key: str, spool_path: str, staging: str) -> InstanceR
     assert _processor is not None
     try:
         size = Path(spool_path).stat().st_size
-        if size > _processor.limits.max_instance_mb << 20:  # refused before reading it into memory
-            return InstanceResult(sop_key, False, reason=Reason.RESOURCE_LIMIT.value,
-                                  detail=f"max_instance_mb: {size >> 20} MB")
-        outcome = _processor.process(Path(spool_path).read_bytes(), sop_key)
+        if size > _processor.limits.max_instance_mb << 20:  # judged by its header, never read whole
+            outcome = _processor.too_large(read_header(Path(spool_path)), size, sop_key)
+        else:
+            outcome = _processor.process(Path(spool_path).read_bytes(), sop_key)
     except (UnreadableInput, OSError) as exc:
         return InstanceResult(sop_key, False, reason=Reason.UNREADABLE.value, detail=type(exc).__name__)
+    if outcome.status == "excluded" and outcome.refusal is not None:
+        return InstanceResult(sop_key, False, excluded=True, series_key=outcome.series_key,
+                              reason=outcome.refusal.reason.value, detail=outcome.refusal.detail)
     if outcome.status != "passed" or outcome.result is None or outcome.encoded is None:
         refusal = outcome.refusal or Refusal(Reason.DEIDENTIFICATION_FAILED, outcome.skip_reason or "skipped")
-        return InstanceResult(sop_key, False, reason=refusal.reason.value, detail=refusal.detail)
+        return InstanceResult(sop_key, False, series_key=outcome.series_key, reason=refusal.reason.value,
+                              detail=refusal.detail)
     relative = outcome.relative_path
     write_atomically(Path(staging) / relative, outcome.encoded)
     result = outcome.result
     pairs = [("patient", result.source_patient_id, result.patient_pseudonym)]
     pairs += [("uid", old, new) for old, new in result.uid_map.items()]
-    return InstanceResult(sop_key, True, output=str(relative), pseudonym=result.patient_pseudonym,
-                          output_study=str(result.dataset.StudyInstanceUID), crosswalk=tuple(pairs))
+    return InstanceResult(sop_key, True, series_key=outcome.series_key, output=str(relative),
+                          pseudonym=result.patient_pseudonym, output_study=str(result.dataset.StudyInstanceUID),
+                          crosswalk=tuple(pairs))
 
 
 class Pipeline:
@@ -333,53 +342,84 @@ class Pipeline:
 
     def process_study(self, study_key: str) -> str:
         started = time.monotonic()
+        reopened = self.state.reopen_held_series(study_key)
         rows = self.state.pending_instances(study_key)
         staging = self.outbox / STAGING / study_key
         try:
             results, early = self._results_for(rows, staging)
             self._settle(study_key)
-            state, refused, passed = self._conclude(study_key, rows, results, staging)
+            state, held, passed, excluded = self._conclude(study_key, rows, results, staging)
         finally:
             self._forget(study_key)
-        elapsed = round(time.monotonic() - started, 3)
+        fields = dict(study_key=study_key, instances=len(results), deidentified_early=early, reopened=reopened,
+                      excluded=excluded, seconds=round(time.monotonic() - started, 3))
+        refused = [r for r in results if not r.passed and not r.excluded]
         if state == "quarantined":
-            _log.warning("study_quarantined", study_key=study_key, reason=refused[0].reason,
-                         instances=len(results), deidentified_early=early, seconds=elapsed)
+            _log.warning("study_quarantined", reason=refused[0].reason if refused else None, held=held, **fields)
         elif state == "queued":
-            _log.info("study_deidentified", study_key=study_key, output_study=passed[0].output_study if passed else None,
-                      instances=len(results), deidentified_early=early, seconds=elapsed)
+            if held:
+                _log.warning("series_quarantined", study_key=study_key, held=held,
+                             reasons=sorted({r.reason for r in refused}))
+            _log.info("study_deidentified", output_study=passed[0].output_study if passed else None, held=held,
+                      **fields)
+        elif state == "excluded":
+            _log.info("study_excluded", **fields)
         return state
 
     def _conclude(self, study_key: str, rows: list[InstanceRow], results: list[InstanceResult],
-                  staging: Path) -> tuple[str, list[InstanceResult], list[InstanceResult]]:
-        """Publish the whole study or quarantine the whole study, then record it in one transaction."""
-        refused = [r for r in results if not r.passed]
-        outcomes: dict[str, tuple[str, str | None, str | None, str | None]] = {}
-        if refused:
-            first = refused[0]
-            for r in results:
-                refusal = (Refusal(Reason(r.reason), r.detail) if not r.passed else
-                           Refusal(Reason.STUDY_QUARANTINED, f"another instance of the study was refused: {first.reason}"))
+                  staging: Path) -> tuple[str, int, list[InstanceResult], int]:
+        """Publish what passed, series by series: a series with a refused instance (now or held from
+        before) is held whole, each of its other instances quarantined as `series_quarantined`, so
+        no series leaves with a hole; excluded instances are only recorded. Then one transaction.
+        Returns the study's state, how many instances are held, those published, and excluded."""
+        series = {row.sop_key: row.series_key or "" for row in rows}
+        for r in results:
+            series[r.sop_key] = series[r.sop_key] or r.series_key
+        held = self.state.held_series(study_key) | {series[r.sop_key] for r in results
+                                                     if not r.passed and not r.excluded}
+        outcomes: dict[str, tuple[str, str | None, str | None, str | None, str | None]] = {}
+        published: list[InstanceResult] = []
+        for r in results:
+            refusal: Refusal | None = None
+            if r.excluded:
+                outcomes[r.sop_key] = ("excluded", None, r.reason, r.detail, series[r.sop_key])
+                self._unquarantine(r.sop_key)
+                continue
+            if not r.passed:
+                refusal = Refusal(Reason(r.reason), r.detail)
+            elif series[r.sop_key] in held:
+                refusal = Refusal(Reason.SERIES_QUARANTINED, "another instance of its series is held on site")
+            if refusal is not None:
                 quarantine(self.quarantine_dir, r.sop_key, self.spool.path_of(r.sop_key).read_bytes(), refusal,
                            profile=self.profile)
-                outcomes[r.sop_key] = ("quarantined", None, refusal.reason.value, refusal.detail)
-            shutil.rmtree(staging, ignore_errors=True)
-        else:
-            for r in results:
+                outcomes[r.sop_key] = ("quarantined", None, refusal.reason.value, refusal.detail, series[r.sop_key])
+            else:
                 self._publish(staging / r.output, self.outbox / r.output)
-                outcomes[r.sop_key] = ("deidentified", r.output, None, None)
-            os.sync()  # one flush for the whole study instead of an fsync per file
-            shutil.rmtree(staging, ignore_errors=True)
+                self._unquarantine(r.sop_key)
+                outcomes[r.sop_key] = ("deidentified", r.output, None, None, series[r.sop_key])
+                published.append(r)
+        os.sync()  # one flush for the whole study instead of an fsync per file
+        shutil.rmtree(staging, ignore_errors=True)
         passed = [r for r in results if r.passed]
-        crosswalk = [pair for r in passed for pair in r.crosswalk]
-        state = self.state.finish_study(
+        state, excluded = self.state.finish_study(
             study_key, outcomes,
             pseudonym=passed[0].pseudonym if passed else None,
             output_study=passed[0].output_study if passed else None,
-            crosswalk=crosswalk,
+            crosswalk=[pair for r in passed for pair in r.crosswalk],
             expected_received_at={row.sop_key: row.received_at for row in rows},
         )
-        return state, refused, passed
+        received_at = {row.sop_key: row.received_at for row in rows}
+        for sop_key in excluded:  # nothing of it will be sent: the identifiable copy goes now
+            if self.state.still_excluded(sop_key, received_at[sop_key]):
+                self.spool.remove(sop_key)
+        held_now = sum(1 for o in outcomes.values() if o[0] == "quarantined")
+        return state, held_now, published, len(excluded)
+
+    def _unquarantine(self, sop_key: str) -> None:
+        """An instance released (or reopened with its series) and now decided otherwise: its
+        quarantine copy, if any, is stale and identifiable."""
+        for suffix in (".dcm", ".json"):
+            (self.quarantine_dir / f"{sop_key}{suffix}").unlink(missing_ok=True)
 
     @staticmethod
     def _publish(staged: Path, final: Path) -> None:

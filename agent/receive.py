@@ -273,17 +273,18 @@ class Receiver:
         """Spool the instance durably, then answer; every failure is a status, never an exception."""
         try:
             data: bytes = event.encoded_dataset(include_meta=True)
-            sop_uid, study_uid = _identify(data)
+            sop_uid, study_uid, series_uid = _identify(data)
         except Exception:
             # The instance is not named: an unparseable stream has no key to name it by.
             _log.warning("instance_refused", status="0xC210", reason="unparseable or truncated")
             return CANNOT_UNDERSTAND
         sop_key = self.names.opaque_name(sop_uid)
         study_key = self.names.opaque_name(study_uid)
+        series_key = self.names.opaque_name(series_uid) if series_uid else None
         try:
             self.spool.check_room(len(data), self._used())
             self.spool.store(sop_key, data)
-            follow_up = self.state.record_received(sop_key, study_key, len(data))
+            follow_up = self.state.record_received(sop_key, study_key, len(data), series_key=series_key)
             with self._lock:
                 self._spool_used += len(data)
         except NoSpace as exc:
@@ -418,12 +419,13 @@ _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b
 _SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
                         b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
 _ITEM_TAG, _ITEM_END, _SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE00D), (0xFFFE, 0xE0DD)
-_SOP_INSTANCE_UID, _STUDY_INSTANCE_UID = (0x0008, 0x0018), (0x0020, 0x000D)
+_SOP_INSTANCE_UID, _STUDY_INSTANCE_UID, _SERIES_INSTANCE_UID = (0x0008, 0x0018), (0x0020, 0x000D), (0x0020, 0x000E)
+_NAMED = (_SOP_INSTANCE_UID, _STUDY_INSTANCE_UID, _SERIES_INSTANCE_UID)
 _NOT_SCANNED = frozenset({ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian})
 
 
-def _scan(data: bytes) -> tuple[str, str]:
-    """The two UIDs, from a walk of every element header to the very last byte: any value that
+def _scan(data: bytes) -> tuple[str, str, str]:
+    """The three UIDs (SOP instance, study, series), from a walk of every element header to the very last byte: any value that
     does not fit, any unknown VR or unusual encoding raises _Unsure (pydicom then decides).
 
     The C-STORE handler's largest CPU step was pydicom parsing ~200 header elements to read two
@@ -443,7 +445,7 @@ def _scan(data: bytes) -> tuple[str, str]:
     found: dict[tuple[int, int], str] = {}
     if _walk(data, position, found, top=True) != len(data):
         raise _Unsure
-    return found.get(_SOP_INSTANCE_UID, ""), found.get(_STUDY_INSTANCE_UID, "")
+    return found.get(_SOP_INSTANCE_UID, ""), found.get(_STUDY_INSTANCE_UID, ""), found.get(_SERIES_INSTANCE_UID, "")
 
 
 _HEADER = struct.Struct("<HH2sH")  # group, element, VR, short length
@@ -485,7 +487,7 @@ def _walk(data: bytes, position: int, found: dict[tuple[int, int], str], *, top:
             continue
         if start + length > end:
             raise _Unsure  # cut short
-        if top and tag in (_SOP_INSTANCE_UID, _STUDY_INSTANCE_UID):
+        if top and tag in _NAMED:
             found[tag] = data[start:start + length].rstrip(b"\0 ").decode("ascii")
         position = start + length
     if not top:
@@ -511,8 +513,9 @@ def _skip_items(data: bytes, position: int, found: dict[tuple[int, int], str]) -
     raise _Unsure  # no sequence delimiter: cut short
 
 
-def _identify(data: bytes) -> tuple[str, str]:
-    """The SOP Instance and Study Instance UIDs, after checking the dataset is whole.
+def _identify(data: bytes) -> tuple[str, str, str]:
+    """The SOP Instance, Study Instance and Series Instance UIDs (the last may be ""), after
+    checking the dataset is whole.
 
     First `_scan` (tags and lengths only); when it is unsure, pydicom.
 
@@ -522,16 +525,17 @@ def _identify(data: bytes) -> tuple[str, str]:
     A truncated instance is refused while the sender can still resend it.
     """
     try:
-        sop_uid, study_uid = _scan(data)
+        sop_uid, study_uid, series_uid = _scan(data)
     except (_Unsure, UnicodeDecodeError, struct.error):
         pass
     else:
         if not sop_uid or not study_uid:
             raise ValueError("missing UIDs")
-        return sop_uid, study_uid
+        return sop_uid, study_uid, series_uid
     stream = io.BytesIO(data)
     ds = dcmread(stream, stop_before_pixels=True)
     sop_uid, study_uid = str(ds.SOPInstanceUID).strip(), str(ds.StudyInstanceUID).strip()
+    series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
     if not sop_uid or not study_uid:
         raise ValueError("missing UIDs")
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
@@ -540,7 +544,7 @@ def _identify(data: bytes) -> tuple[str, str]:
         _check_by_full_parse(data)  # positions are not byte offsets (deflate), or big endian: rare
     elif data[position : position + 4] in _PIXEL_TAGS:
         _check_pixels(data, position, implicit=syntax == ImplicitVRLittleEndian)
-    return sop_uid, study_uid
+    return sop_uid, study_uid, series_uid
 
 
 _PIXEL_TAGS = (b"\xe0\x7f\x10\x00", b"\xe0\x7f\x08\x00", b"\xe0\x7f\x09\x00")  # Pixel, Float, Double Float

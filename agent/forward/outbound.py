@@ -284,6 +284,7 @@ class Forwarder:
                               "sha256": sha256, "size": size})
             series[series_uid] = series.get(series_uid, 0) + 1
         quarantined = len(self.state.instances_in(study_key, "quarantined"))
+        excluded = len(self.state.instances_in(study_key, "excluded"))
         document = {
             "manifest_version": MANIFEST_VERSION,
             "study_instance_uid": study_uid,
@@ -291,6 +292,7 @@ class Forwarder:
             "series": [{"series_instance_uid": uid, "instance_count": n} for uid, n in sorted(series.items())],
             "instances": instances,
             "quarantined_on_site": quarantined,
+            "excluded_on_site": excluded,
             "profile": {"name": self.provenance.profile, "version": self.provenance.profile_version},
             "key_id": self.provenance.key_id,
             "agent_version": __version__,

@@ -4,15 +4,22 @@ SQLite in WAL mode with synchronous=FULL: a committed transaction survives a kil
 cut. One connection per thread (pynetdicom calls handlers on association threads). Keys are
 opaque keyed hashes; only the crosswalk table holds source identifiers, and it stays on site.
 
-Study states: receiving -> stable -> queued (de-identified, waiting for delivery) -> delivered
-(every instance and the manifest acknowledged by the platform) -> purged (identifiable copies
-gone), or quarantined with a reason. Instance states: received -> deidentified -> delivered ->
-purged, or quarantined (by the gate, or refused by the platform). Clinical batches: queued ->
+Study states: receiving -> stable -> queued (something de-identified to deliver) -> delivered
+(every instance sent and the manifest acknowledged by the platform) -> purged (identifiable copies
+gone); quarantined (nothing to deliver and something held); excluded (every instance out of the
+profile's scope). Instance states: received -> deidentified -> delivered -> purged; quarantined
+(refused by the gate or the platform, or held with its series); excluded (out of scope: its spool
+copy is deleted at once, the record stays). The grain of a refusal is the series: a study with
+a series held is still queued and delivered for its other series. Clinical batches: queued ->
 uploaded, or refused.
+
+The schema is versioned with `PRAGMA user_version`; `_MIGRATIONS` take a database of any earlier
+version forward, in one transaction each, after a copy of it is kept beside it.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -20,6 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent.errors import AgentError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -91,6 +100,23 @@ CREATE TABLE IF NOT EXISTS crosswalk (
 """
 
 
+#: Forward migrations: _MIGRATIONS[n] takes a database from version n to n + 1. Version 0 is the
+#: schema above as first installed (no user_version). Append; never edit a released step.
+_MIGRATIONS: tuple[str, ...] = (
+    # 1 (issue 9): each instance's series, so a refusal holds back its series, not its study.
+    "ALTER TABLE instances ADD COLUMN series_key TEXT;"
+    " CREATE INDEX IF NOT EXISTS instances_by_series ON instances (study_key, series_key);",
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+#: Reasons that do not hold a series back for the instances that come after them: the platform
+#: refused that instance after the rest of its series had been sent.
+_NOT_HOLDING = ("series_quarantined", "platform_rejected")
+
+
+class SchemaTooNew(AgentError):
+    """The database was written by a newer agent: a downgrade would misread it."""
+
+
 @dataclass(frozen=True)
 class InstanceRow:
     sop_key: str
@@ -101,6 +127,7 @@ class InstanceRow:
     output: str | None
     reason: str | None
     detail: str | None
+    series_key: str | None  # None: received before the series was recorded, or the source has none
 
 
 @dataclass(frozen=True)
@@ -123,6 +150,43 @@ class State:
         self._local = threading.local()
         self._db().executescript(_SCHEMA)  # executescript commits on its own
         path.chmod(0o600)
+        self._migrate()
+
+    def schema_version(self) -> int:
+        return int(self._db().execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        """Bring the database to SCHEMA_VERSION, keeping a copy of it as it was first."""
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(f"{self.path}: state database schema version {version} is newer than this agent's "
+                               f"({SCHEMA_VERSION}): run the agent version that wrote it, or restore a backup")
+        if version == SCHEMA_VERSION:
+            return
+        self._keep_copy(version)
+        for step in range(version, SCHEMA_VERSION):
+            with self._tx() as db:
+                if int(db.execute("PRAGMA user_version").fetchone()[0]) != step:
+                    continue  # another process (a receiver) migrated it meanwhile
+                for statement in _MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {step + 1}")
+                self._audit(db, time.time(), None, None, "state_schema_migrated", f"{step} -> {step + 1}")
+
+    def _keep_copy(self, version: int) -> None:
+        """`state.sqlite.v<N>`: the database before its first migration from version N (0600)."""
+        copy = self.path.with_name(f"{self.path.name}.v{version}")
+        if copy.exists():
+            return
+        partial = copy.with_name(f"{copy.name}.{os.getpid()}.partial")
+        target = sqlite3.connect(partial)
+        try:
+            partial.chmod(0o600)
+            self._db().backup(target)
+        finally:
+            target.close()
+        partial.replace(copy)
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -155,14 +219,16 @@ class State:
 
     def spooled_keys(self) -> set[str]:
         """Keys of every instance whose source is still in the spool."""
-        return {r[0] for r in self._db().execute("SELECT sop_key FROM instances WHERE state != 'purged'")}
+        return {r[0] for r in self._db().execute("SELECT sop_key FROM instances WHERE state NOT IN ('purged', 'excluded')")}
 
     def spool_bytes(self) -> int:
         """Bytes of identifiable data held in the spool (what the quota counts)."""
-        row = self._db().execute("SELECT COALESCE(SUM(size), 0) FROM instances WHERE state != 'purged'").fetchone()
+        row = self._db().execute("SELECT COALESCE(SUM(size), 0) FROM instances"
+                                 " WHERE state NOT IN ('purged', 'excluded')").fetchone()
         return int(row[0])
 
-    def record_received(self, sop_key: str, study_key: str, size: int, now: float | None = None) -> bool:
+    def record_received(self, sop_key: str, study_key: str, size: int, now: float | None = None,
+                        series_key: str | None = None) -> bool:
         """An instance is durably spooled. A resent instance replaces the earlier one, counted once.
 
         Returns True when it reopens a study that had already been processed (a follow-up).
@@ -170,10 +236,12 @@ class State:
         now = time.time() if now is None else now
         with self._tx() as db:
             db.execute(
-                "INSERT INTO instances (sop_key, study_key, size, state, received_at) VALUES (?, ?, ?, 'received', ?)"
+                "INSERT INTO instances (sop_key, study_key, size, state, received_at, series_key)"
+                " VALUES (?, ?, ?, 'received', ?, ?)"
                 " ON CONFLICT (sop_key) DO UPDATE SET study_key = excluded.study_key, size = excluded.size,"
-                " state = 'received', received_at = excluded.received_at, output = NULL, reason = NULL, detail = NULL",
-                (sop_key, study_key, size, now),
+                " state = 'received', received_at = excluded.received_at, output = NULL, reason = NULL, detail = NULL,"
+                " series_key = excluded.series_key",
+                (sop_key, study_key, size, now, series_key),
             )
             row = db.execute("SELECT state FROM studies WHERE study_key = ?", (study_key,)).fetchone()
             follow_up = row is not None and row[0] not in ("receiving",)
@@ -213,51 +281,99 @@ class State:
         )
         return [InstanceRow(*r) for r in rows]
 
+    def reopen_held_series(self, study_key: str) -> int:
+        """A series held only because of an instance since resent (a PACS correcting it): its held
+        instances are taken again with the resent one, so the series is decided whole. Returns how
+        many were reopened."""
+        now = time.time()
+        with self._tx() as db:
+            count = db.execute(
+                "UPDATE instances SET state = 'received', output = NULL, reason = NULL, detail = NULL"
+                " WHERE study_key = ? AND state = 'quarantined' AND reason = 'series_quarantined'"
+                " AND COALESCE(series_key, '') IN (SELECT COALESCE(series_key, '') FROM instances"
+                "   WHERE study_key = ? AND state = 'received')"
+                " AND COALESCE(series_key, '') NOT IN (SELECT COALESCE(series_key, '') FROM instances"
+                "   WHERE study_key = ? AND state = 'quarantined' AND reason NOT IN (?, ?))",
+                (study_key, study_key, study_key, *_NOT_HOLDING)).rowcount
+            if count:
+                self._audit(db, now, study_key, None, "series_reopened", f"{count} held instance(s)")
+        return int(count)
+
+    def held_series(self, study_key: str) -> set[str]:
+        """Series of the study held back on site: an instance refused by the gate, or held with it
+        ("" stands for instances whose series is not known). New instances of them are held too."""
+        return {r[0] for r in self._db().execute(
+            "SELECT DISTINCT COALESCE(series_key, '') FROM instances WHERE study_key = ? AND state = 'quarantined'"
+            " AND reason != 'platform_rejected'", (study_key,))}
+
     def finish_study(
         self,
         study_key: str,
-        outcomes: dict[str, tuple[str, str | None, str | None, str | None]],
+        outcomes: dict[str, tuple[str, str | None, str | None, str | None, str | None]],
         *,
         pseudonym: str | None,
         output_study: str | None,
         crosswalk: list[tuple[str, str, str]],
         expected_received_at: dict[str, float],
-    ) -> str:
-        """Record a study's de-identification in one transaction; returns the study's new state.
+    ) -> tuple[str, list[str]]:
+        """Record a study's de-identification in one transaction; returns the study's new state and
+        the instances recorded as excluded (whose spool copies may now go).
 
-        `outcomes` maps sop_key to (state, output, reason, detail). An instance resent while the
-        study was being processed (its received_at changed) stays `received` for the next round.
+        `outcomes` maps sop_key to (state, output, reason, detail, series_key). An instance resent
+        while the study was being processed (its received_at changed) stays `received` for the next
+        round. The study is queued when it has anything to deliver or delivered before (the
+        manifest is sent again, with the new counts), quarantined when it has only held
+        instances, excluded when every instance was out of scope.
         """
         now = time.time()
+        excluded: list[str] = []
         with self._tx() as db:
-            for sop_key, (state, output, reason, detail) in outcomes.items():
-                db.execute(
-                    "UPDATE instances SET state = ?, output = ?, reason = ?, detail = ?"
-                    " WHERE sop_key = ? AND state = 'received' AND received_at = ?",
-                    (state, output, reason, detail, sop_key, expected_received_at[sop_key]),
-                )
-                self._audit(db, now, study_key, sop_key, f"instance_{state}", reason)
+            for sop_key, (state, output, reason, detail, series_key) in outcomes.items():
+                changed = db.execute(
+                    "UPDATE instances SET state = ?, output = ?, reason = ?, detail = ?,"
+                    " series_key = COALESCE(series_key, ?) WHERE sop_key = ? AND state = 'received' AND received_at = ?",
+                    (state, output, reason, detail, series_key or None, sop_key, expected_received_at[sop_key]),
+                ).rowcount
+                if changed:
+                    self._audit(db, now, study_key, sop_key, f"instance_{state}", reason)
+                    if state == "excluded":
+                        excluded.append(sop_key)
             db.executemany("INSERT OR IGNORE INTO crosswalk (kind, id_old, id_new) VALUES (?, ?, ?)", crosswalk)
-            quarantined = any(o[0] == "quarantined" for o in outcomes.values())
             row = db.execute("SELECT state FROM studies WHERE study_key = ?", (study_key,)).fetchone()
             if row is not None and row[0] != "stable":
-                return str(row[0])  # reopened by a new instance meanwhile: it will be processed again
-            if quarantined:
-                # The study's reason is the first instance's own refusal, not its consequence.
-                reasons = [o[2] for o in outcomes.values() if o[0] == "quarantined"]
-                reason = next((r for r in reasons if r != "study_quarantined"), reasons[0])
+                return str(row[0]), excluded  # reopened by a new instance meanwhile: processed again
+            counts = dict(db.execute("SELECT state, COUNT(*) FROM instances WHERE study_key = ? GROUP BY state",
+                                     (study_key,)).fetchall())
+            if counts.get("deidentified") or counts.get("delivered") or counts.get("purged"):
+                db.execute(
+                    "UPDATE studies SET state = 'queued', reason = NULL, updated_at = ?,"
+                    " pseudonym = COALESCE(?, pseudonym), output_study = COALESCE(?, output_study) WHERE study_key = ?",
+                    (now, pseudonym, output_study, study_key),
+                )
+                held = counts.get("quarantined", 0)
+                self._audit(db, now, study_key, None, "study_deidentified",
+                            f"{held} instance(s) held on site" if held else None)
+                self._audit(db, now, study_key, None, "study_queued", None)
+                return "queued", excluded
+            if counts.get("quarantined"):
+                # The study's reason is an instance's own refusal, not its consequence.
+                reasons = [r[0] for r in db.execute(
+                    "SELECT reason FROM instances WHERE study_key = ? AND state = 'quarantined' ORDER BY received_at",
+                    (study_key,))]
+                reason = next((r for r in reasons if r not in ("series_quarantined", "study_quarantined")), reasons[0])
                 db.execute("UPDATE studies SET state = 'quarantined', reason = ?, updated_at = ? WHERE study_key = ?",
                            (reason, now, study_key))
                 self._audit(db, now, study_key, None, "study_quarantined", reason)
-                return "quarantined"
-            db.execute(
-                "UPDATE studies SET state = 'queued', reason = NULL, updated_at = ?,"
-                " pseudonym = COALESCE(?, pseudonym), output_study = COALESCE(?, output_study) WHERE study_key = ?",
-                (now, pseudonym, output_study, study_key),
-            )
-            self._audit(db, now, study_key, None, "study_deidentified", None)
-            self._audit(db, now, study_key, None, "study_queued", None)
-            return "queued"
+                return "quarantined", excluded
+            db.execute("UPDATE studies SET state = 'excluded', reason = NULL, updated_at = ? WHERE study_key = ?",
+                       (now, study_key))
+            self._audit(db, now, study_key, None, "study_excluded", f"{counts.get('excluded', 0)} instance(s)")
+            return "excluded", excluded
+
+    def still_excluded(self, sop_key: str, received_at: float) -> bool:
+        """The excluded copy is still the one spooled (no resend since): its file may go."""
+        row = self._db().execute("SELECT state, received_at FROM instances WHERE sop_key = ?", (sop_key,)).fetchone()
+        return row is not None and row[0] == "excluded" and row[1] == received_at
 
     # -- delivery -----------------------------------------------------------------------------
 
@@ -462,8 +578,8 @@ class State:
             ).rowcount
             if not count:
                 return 0
-            db.execute("UPDATE studies SET state = 'stable', reason = NULL, updated_at = ? WHERE study_key = ?",
-                       (now, study_key))
+            db.execute("UPDATE studies SET state = 'stable', reason = NULL, updated_at = ? WHERE study_key = ?"
+                       " AND state != 'receiving'", (now, study_key))  # a receiving study is taken when quiet
             self._audit(db, now, study_key, None, "study_released", f"{count} instance(s)")
         return int(count)
 

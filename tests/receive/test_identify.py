@@ -27,7 +27,7 @@ def as_received(ds: object) -> bytes:
     return buffer.getvalue()
 
 
-def pydicom_path(data: bytes) -> tuple[str, str] | None:
+def pydicom_path(data: bytes) -> tuple[str, str, str] | None:
     """The receiver's verdict with the scanner switched off."""
     original = receive._scan
     receive._scan = lambda data: (_ for _ in ()).throw(receive._Unsure())  # type: ignore[assignment]
@@ -39,7 +39,7 @@ def pydicom_path(data: bytes) -> tuple[str, str] | None:
         receive._scan = original
 
 
-def verdict(data: bytes) -> tuple[str, str] | None:
+def verdict(data: bytes) -> tuple[str, str, str] | None:
     try:
         return receive._identify(data)
     except Exception:

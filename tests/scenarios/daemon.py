@@ -124,7 +124,7 @@ class Daemon:
     def wait_queued(self, studies: int, timeout: float = 60.0) -> dict[str, Any]:
         def done() -> dict[str, Any] | None:
             report = self.status()
-            settled = report["studies"].get("queued", 0) + report["studies"].get("quarantined", 0)
+            settled = sum(report["studies"].get(state, 0) for state in ("queued", "quarantined", "excluded"))
             busy = report["studies"].get("receiving", 0) + report["studies"].get("stable", 0)
             return report if settled >= studies and not busy else None
 

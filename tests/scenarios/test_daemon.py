@@ -106,8 +106,9 @@ def test_follow_up_instance_reopens_its_study(tmp_path: Path) -> None:
         assert len(outputs) == 3 and len({dcmread(p).StudyInstanceUID for p in outputs}) == 1
 
 
-def test_refused_instance_quarantines_its_study_with_reasons(tmp_path: Path) -> None:
-    """One burned-in instance sends the whole study to quarantine; status and quarantine show why."""
+def test_refused_instance_quarantines_its_series_with_reasons(tmp_path: Path) -> None:
+    """One burned-in instance holds its series; a study of that one series is quarantined, and
+    status and quarantine show why."""
     study = make_study(Patient(), n_series=1, n_per_series=2)
     study[1].BurnedInAnnotation = "YES"
     files = [write(ds, tmp_path / "pacs" / f"{i}.dcm") for i, ds in enumerate(study)]
@@ -132,18 +133,24 @@ def test_refused_instance_quarantines_its_study_with_reasons(tmp_path: Path) -> 
 
 
 def test_release_reruns_a_quarantined_study_after_a_profile_fix(tmp_path: Path) -> None:
-    """A study refused for its SOP class passes after the profile is changed and it is released."""
+    """A study refused by the gate (a site rule kept a comment naming the patient) passes once the
+    profile is fixed and the study released; its quarantine copies are gone."""
+    from agent.deidentify.profile import PROFILES_DIR
+
     study = make_study(Patient(), n_series=1, n_per_series=2)
     for ds in study:
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"  # X-Ray Angiography
+        ds.ImageComments = f"patient {Patient().patient_id}"
     files = [write(ds, tmp_path / "pacs" / f"{i}.dcm") for i, ds in enumerate(study)]
-    agent = Daemon(tmp_path / "agent").start()
+    (tmp_path / "deid.site").write_text("FORMAT dicom\n\n%header\n\nKEEP (0020,4000)\n")
+    site = tmp_path / "site.yaml"
+    site.write_text(f"name: site\nrecipes:\n  - {PROFILES_DIR / 'ps3.15' / 'deid.basic'}\n  - deid.site\n")
+    agent = Daemon(tmp_path / "agent", pipeline__profile=str(site)).start()
     assert storescu(agent.port, files).returncode == 0
     report = agent.wait_queued(1)
-    assert report["quarantine"][0]["reason"] == "unknown_sop_class"
+    assert report["quarantine"][0]["reason"] == "residual_identifier"
     key = report["quarantine"][0]["study_key"]
     agent.stop()
-    agent.config_path.write_text(agent.config_path.read_text().replace("pipeline:", "pipeline:\n  profile: basic"))
+    agent.config_path.write_text(agent.config_path.read_text().replace(str(site), "basic"))
     released = subprocess.run([sys.executable, "-m", "agent.cli", "quarantine", "release", key, "--config",
                                str(agent.config_path)], capture_output=True, text=True)
     assert released.returncode == 0 and "released 2" in released.stdout
@@ -152,6 +159,7 @@ def test_release_reruns_a_quarantined_study_after_a_profile_fix(tmp_path: Path) 
     agent.stop()
     assert report["studies"] == {"queued": 1} and report["instances"] == {"deidentified": 2}
     assert len(agent.outbox_files()) == 2
+    assert list((tmp_path / "agent" / "quarantine").iterdir()) == []  # no stale identifiable copy
 
 
 def test_echoscu_verifies_the_agent(tmp_path: Path) -> None:
