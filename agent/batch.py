@@ -16,6 +16,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from agent.deidentify import load_profile
 from agent.deidentify.pseudonym import Pseudonymiser
 from agent.errors import UnreadableInput
 from agent.keys import load_key_file
-from agent.limits import Limits, bound_worker_memory
+from agent.limits import Limits, bound_worker_memory, cpu_backstop
 from agent.process import InstanceProcessor
 from agent.quarantine import Reason, Refusal, quarantine, write_atomically
 
@@ -99,7 +100,8 @@ def _process_file(path: str) -> FileReport:
         return FileReport(path, "skipped", "DICOMDIR (its records hold identifiers)")
     try:
         data = Path(path).read_bytes()
-        outcome = _processor.process(data, path)
+        with cpu_backstop(_processor.limits):
+            outcome = _processor.process(data, path)
     except UnreadableInput as exc:
         return FileReport(path, "unreadable", str(exc))
     except OSError as exc:
@@ -232,6 +234,54 @@ class SeriesGrain:
                           digest="undo" if undo else "", series=series)
 
 
+class _Workers:
+    """The run's worker pool, replaced when a worker dies (killed by its CPU or memory limit, or
+    the kernel): a broken pool takes no more work."""
+
+    def __init__(self, workers: int, initargs: tuple[str, Path, Job, Limits]) -> None:
+        self.workers = workers
+        self.initargs = initargs
+        self.pool = self._new()
+
+    def _new(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, initializer=_init_worker, initargs=self.initargs)
+
+    def _replace(self) -> None:
+        old, self.pool = self.pool, self._new()
+        old.shutdown(wait=False, cancel_futures=True)
+
+    def submit(self, path: str) -> Future[FileReport]:
+        try:
+            return self.pool.submit(process_file, path)
+        except BrokenProcessPool:
+            self._replace()
+            return self.pool.submit(process_file, path)
+
+    def alone(self, path: str) -> FileReport | None:
+        """Process one file with nothing else in flight; None when its worker dies again."""
+        try:
+            return self.submit(path).result()
+        except BrokenProcessPool:
+            self._replace()
+            return None
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _killed(path: str, job: Job, profile: str, names: Pseudonymiser) -> FileReport:
+    """A file whose worker died with it alone in the pool: quarantined (keyed by its bytes: what
+    killed a worker is not parsed here either), so that the run goes on."""
+    refusal = Refusal(Reason.RESOURCE_LIMIT, "worker_memory_mb or instance_seconds: its worker was killed, twice")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return FileReport(path, "unreadable", f"{path}: cannot read ({exc.strerror})")
+    opaque = names.opaque_name(f"killed|{hashlib.sha256(data).hexdigest()}")
+    quarantine(job.quarantine_dir, opaque, data, refusal, profile=profile)
+    return FileReport(path, "quarantined", f"{refusal.reason.value}: {refusal.detail}", output=opaque)
+
+
 def iter_files(root: Path) -> Iterator[str]:
     """Every regular file under `root`, in a stable order, lazily."""
     for folder, dirs, files in os.walk(root):
@@ -318,31 +368,46 @@ def anonymise(
     duplicates, grain = Duplicates(job, loaded.name, names), SeriesGrain(job, loaded.name, names)
     crosswalk = Crosswalk(crosswalk_dir) if crosswalk_dir is not None else None
     paths = iter_files(input_dir)
+
+    def settle(first: FileReport) -> None:
+        for report in grain.settle_all(duplicates.settle(first)):
+            if report.digest == "undo":  # an earlier file counted as written is quarantined
+                summary.written -= 1
+            summary.add(report)
+            if crosswalk is not None and report.status == "written":
+                crosswalk.add(report)
+            if report.path == first.path:
+                on_report(report)
+            if on_record is not None:
+                on_record(report)
+
+    workers_of = _Workers(workers, (profile, key_file, job, limits))
     try:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(profile, key_file, job, limits)) as pool:
-            pending: set[Future[FileReport]] = set()
-            exhausted = False
-            while pending or not exhausted:
-                while not exhausted and len(pending) < workers * _IN_FLIGHT_PER_WORKER:
-                    path = next(paths, None)
-                    if path is None:
-                        exhausted = True
-                    else:
-                        pending.add(pool.submit(process_file, path))
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
+        pending: dict[Future[FileReport], str] = {}
+        suspects: list[str] = []  # files in flight when a worker died: each is tried again alone
+        exhausted = False
+        while pending or suspects or not exhausted:
+            if suspects and not pending:
+                path = suspects.pop(0)
+                settle(workers_of.alone(path) or _killed(path, job, loaded.name, names))
+                continue
+            while not suspects and not exhausted and len(pending) < workers * _IN_FLIGHT_PER_WORKER:
+                following = next(paths, None)
+                if following is None:
+                    exhausted = True
+                else:
+                    pending[workers_of.submit(following)] = following
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                path = pending.pop(future)
+                try:
                     first = future.result()
-                    for report in grain.settle_all(duplicates.settle(first)):
-                        if report.digest == "undo":  # an earlier file counted as written is quarantined
-                            summary.written -= 1
-                        summary.add(report)
-                        if crosswalk is not None and report.status == "written":
-                            crosswalk.add(report)
-                        if report.path == first.path:
-                            on_report(report)
-                        if on_record is not None:
-                            on_record(report)
+                except BrokenProcessPool:  # its worker, or one beside it, died: the pool is replaced
+                    suspects.append(path)
+                    continue
+                settle(first)
     finally:
+        workers_of.shutdown()
         if crosswalk is not None:
             crosswalk.close()
     return summary

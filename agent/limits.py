@@ -45,12 +45,40 @@ class LimitExceeded(BaseException):
 
 def bound_worker_memory(limits: Limits) -> None:
     """Cap this process's address space: a hostile instance then fails with MemoryError in its
-    own worker instead of taking the host's memory."""
+    own worker instead of taking the host's memory. A worker never dumps core: its memory holds
+    identifiable data. It is also the first process the kernel kills when memory runs out."""
     wanted = limits.worker_memory_mb << 20
     _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY:
         wanted = min(wanted, hard)
     resource.setrlimit(resource.RLIMIT_AS, (wanted, hard))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    try:  # when memory runs out (the unit's MemoryMax), the kernel kills a worker, not the daemon
+        with open("/proc/self/oom_score_adj", "w") as adj:
+            adj.write("500")
+    except OSError:
+        pass  # not Linux, or /proc is not there: the limits above still hold
+
+
+@contextmanager
+def cpu_backstop(limits: Limits) -> Iterator[None]:
+    """The kernel's limit behind `time_limit`, whose alarm is raised only between Python steps:
+    code that never returns to Python (a C loop on a hostile value) is killed by SIGXCPU once it
+    has used twice `instance_seconds` of CPU (plus 5 s). The daemon then replaces the worker and
+    retries its instance alone; a batch run does the same."""
+    if limits.instance_seconds <= 0:
+        yield
+        return
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    limit = int(usage.ru_utime + usage.ru_stime + 2 * limits.instance_seconds + 5) + 1
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
 @contextmanager
@@ -72,4 +100,4 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-__all__ = ["LimitExceeded", "Limits", "bound_worker_memory", "time_limit"]
+__all__ = ["LimitExceeded", "Limits", "bound_worker_memory", "cpu_backstop", "time_limit"]

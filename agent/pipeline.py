@@ -41,6 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,7 @@ from agent import log
 from agent.deidentify import load_profile
 from agent.errors import UnreadableInput
 from agent.keys import load_key_file
-from agent.limits import Limits, bound_worker_memory
+from agent.limits import Limits, bound_worker_memory, cpu_backstop
 from agent.process import InstanceProcessor, read_header
 from agent.processes import name_process
 from agent.quarantine import Reason, Refusal, quarantine, write_atomically
@@ -128,10 +129,11 @@ def deidentify_spooled(sop_key: str, spool_path: str, staging: str) -> InstanceR
     assert _processor is not None
     try:
         size = Path(spool_path).stat().st_size
-        if size > _processor.limits.max_instance_mb << 20:  # judged by its header, never read whole
-            outcome = _processor.too_large(read_header(Path(spool_path)), size, sop_key)
-        else:
-            outcome = _processor.process(Path(spool_path).read_bytes(), sop_key)
+        with cpu_backstop(_processor.limits):
+            if size > _processor.limits.max_instance_mb << 20:  # judged by its header, never read whole
+                outcome = _processor.too_large(read_header(Path(spool_path)), size, sop_key)
+            else:
+                outcome = _processor.process(Path(spool_path).read_bytes(), sop_key)
     except (UnreadableInput, OSError) as exc:
         return InstanceResult(sop_key, False, reason=Reason.UNREADABLE.value, detail=type(exc).__name__)
     if outcome.status == "excluded" and outcome.refusal is not None:
@@ -173,10 +175,8 @@ class Pipeline:
         self.early_workers = workers - 1
         outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
         quarantine_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # spawn: the daemon has threads (the SCP), and forking a threaded process is unsafe; spawned
-        # workers are the daemon's own children, so they can tell when it is gone.
-        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(profile, key_file, os.getpid(), limits))
+        self._pool_args = (profile, key_file, os.getpid(), limits)
+        self.pool = self._new_pool()
         self._attempts: dict[str, Attempt] = {}  # sop_key -> its latest attempt, until its study is done
         self._backlog: deque[InstanceRow] = deque()  # instances of receiving studies not yet attempted
         self._early: set[Future[InstanceResult]] = set()  # early attempts in flight
@@ -184,6 +184,20 @@ class Pipeline:
         self._next_quiet_at: float | None = None  # when the next receiving study will have been quiet
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn: the daemon has threads (the SCP), and forking a threaded process is unsafe; spawned
+        # workers are the daemon's own children, so they can tell when it is gone.
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=self._pool_args)
+
+    def _replace_pool(self) -> None:
+        """A worker died (killed by its CPU limit, the kernel's OOM killer or the unit's MemoryMax):
+        the pool is broken for good, so a new one takes its place. Every attempt in flight failed
+        with it; the pipeline retries them, each suspect alone (`_isolated`)."""
+        old, self.pool = self.pool, self._new_pool()
+        old.shutdown(wait=False, cancel_futures=True)
+        _log.error("worker_replaced", detail="a de-identification worker died; its instances are tried again, alone")
 
     def start(self, interval_s: float = 0.1) -> None:
         # Start the workers now (each compiles the profile once), not when the first study is stable.
@@ -291,8 +305,12 @@ class Pipeline:
     def _submit(self, row: InstanceRow) -> Attempt:
         """Start an attempt at a spooled instance; the caller has made sure no other attempt at the
         same instance is under way (both would write the same staged file)."""
-        future = self.pool.submit(deidentify_spooled, row.sop_key, str(self.spool.path_of(row.sop_key)),
-                                  str(self.outbox / STAGING / row.study_key))
+        arguments = (row.sop_key, str(self.spool.path_of(row.sop_key)), str(self.outbox / STAGING / row.study_key))
+        try:
+            future = self.pool.submit(deidentify_spooled, *arguments)
+        except BrokenProcessPool:  # broken by a worker that died since the last submission
+            self._replace_pool()
+            future = self.pool.submit(deidentify_spooled, *arguments)
         attempt = Attempt(row.study_key, row.received_at, future)
         self._attempts[row.sop_key] = attempt
         return attempt
@@ -318,7 +336,25 @@ class Pipeline:
             wait([self._attempts[rows[index].sop_key].future for index in waiting])
             for index in waiting:
                 futures[index] = self._submit(rows[index]).future
-        return [futures[index].result() for index in range(len(rows))], early
+        results: list[InstanceResult | None] = []
+        for index in range(len(rows)):
+            try:
+                results.append(futures[index].result())
+            except BrokenProcessPool:  # its worker, or another one beside it, died
+                results.append(None)
+        return [result or self._isolated(rows[index]) for index, result in enumerate(results)], early
+
+    def _isolated(self, row: InstanceRow) -> InstanceResult:
+        """De-identify an instance whose worker died, alone in the pool: if its worker dies again,
+        it is the instance that kills workers, and it is refused (resource_limit) instead of being
+        tried for ever; an instance that was only beside it passes as usual."""
+        wait([a.future for a in self._attempts.values() if not a.future.done()])
+        try:  # a pool broken meanwhile is replaced by `_submit`; a death from here on is this instance's
+            return self._submit(row).future.result()
+        except BrokenProcessPool:
+            self._replace_pool()
+            return InstanceResult(row.sop_key, False, reason=Reason.RESOURCE_LIMIT.value,
+                                  detail="worker_memory_mb or instance_seconds: its worker was killed, twice")
 
     @staticmethod
     def _still_stands(attempt: Attempt, row: InstanceRow, staging: Path) -> bool:

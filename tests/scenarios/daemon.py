@@ -105,7 +105,13 @@ class Daemon:
         """The daemon's child processes: receivers and de-identification workers."""
         assert self.process is not None
         pid = self.process.pid
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        children: list[int] = []
+        for task in Path(f"/proc/{pid}/task").iterdir():  # each thread's own: a replaced pool is started by another
+            try:
+                children += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue  # the thread ended meanwhile
+        return children
 
     def receiver_pids(self) -> list[int]:
         def is_receiver(pid: int) -> bool:
@@ -118,6 +124,13 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         run = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--config", str(self.config_path), "--json"],
                              capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        return dict(json.loads(run.stdout))
+
+    def show(self, study_key: str) -> dict[str, Any]:
+        """`quarantine show STUDY_KEY`: the study's held series, instances and audit trail."""
+        run = subprocess.run([sys.executable, "-m", "agent.cli", "quarantine", "show", study_key, "--config",
+                              str(self.config_path)], capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stderr
         return dict(json.loads(run.stdout))
 

@@ -7,61 +7,21 @@ that escaped its limits would fail here instead of taking the machine.
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
-from typing import Callable
 
 import pytest
-from pydicom.dataset import Dataset
 
 from agent.limits import Limits
 from tests.conftest import REPO, encode
+from tests.hostile import huge_declared_length as _huge_declared_length
+from tests.hostile import huge_value as _huge_value
+from tests.hostile import many_values as _many_values
+from tests.hostile import nested as _nested
+from tests.hostile import quietly as _quietly
 from tests.synthetic import Patient, make_ct_slice
-
-
-def _nested(depth: int) -> bytes:
-    """A CT slice whose Content Sequence nests `depth` deep, built as bytes (pydicom would recurse)."""
-    inner = b"\x08\x00\x04\x01LO\x02\x00x "  # (0008,0104) CodeMeaning "x"
-    for _ in range(depth):
-        item = b"\xfe\xff\x00\xe0" + struct.pack("<I", len(inner)) + inner
-        inner = b"\x40\x00\x30\xa7SQ\x00\x00" + struct.pack("<I", len(item)) + item
-    data = encode(make_ct_slice(Patient(), plant=False))
-    at = data.index(b"\x28\x00\x02\x00")  # before the image pixel module: (0040,A730) sorts later, pydicom does not mind
-    return data[:at] + inner + data[at:]
-
-
-def _quietly(build: Callable[[Dataset], None]) -> bytes:
-    """A slice changed by `build`, encoded: hostile values make pydicom warn, the point of them."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = make_ct_slice(Patient(), plant=False)
-        build(ds)
-        return encode(ds)
-
-
-def _huge_value() -> bytes:
-    return _quietly(lambda ds: setattr(ds, "StudyDescription", "CT " * ((10 << 20) // 3)))
-
-
-def _many_values() -> bytes:
-    def build(ds: Dataset) -> None:
-        # Potential Reasons for Procedure (UC, 1-n): 500,000 one-letter values, 1 MB, under max_value_bytes
-        ds.add_new(0x00189908, "UC", ["A"] * 500_000)
-
-    return _quietly(build)
-
-
-def _huge_declared_length() -> bytes:
-    ds = make_ct_slice(Patient(), plant=False)
-    ds.StudyDescription = "CT CHEST"
-    data = bytearray(encode(ds))
-    at = data.index(b"\x08\x00\x30\x10LO")  # StudyDescription, made a UT of 2 GiB declared
-    data[at + 4 : at + 8] = b"UT\x00\x00"
-    return bytes(data[: at + 8]) + struct.pack("<I", 0x7FFFFFF0) + bytes(data[at + 8 :])
 
 
 def _run(data: bytes, tmp_path: Path, limits: Limits = Limits()) -> dict[str, object]:
