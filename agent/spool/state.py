@@ -163,7 +163,8 @@ class State:
                                f"({SCHEMA_VERSION}): run the agent version that wrote it, or restore a backup")
         if version == SCHEMA_VERSION:
             return
-        self._keep_copy(version)
+        if self._holds_data():  # a new database has nothing to keep
+            self._keep_copy(version)
         for step in range(version, SCHEMA_VERSION):
             with self._tx() as db:
                 if int(db.execute("PRAGMA user_version").fetchone()[0]) != step:
@@ -173,6 +174,10 @@ class State:
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {step + 1}")
                 self._audit(db, time.time(), None, None, "state_schema_migrated", f"{step} -> {step + 1}")
+
+    def _holds_data(self) -> bool:
+        db = self._db()
+        return any(db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() for table in ("audit", "instances", "studies"))
 
     def _keep_copy(self, version: int) -> None:
         """`state.sqlite.v<N>`: the database before its first migration from version N (0600)."""
