@@ -216,8 +216,8 @@ def build_site(root: Path, prepared: Prepared, config: PlatformConfig) -> AgentS
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         shutil.copyfile(instance.deidentified, target)
     os.sync()
-    outcome = state.finish_study(
-        prepared.study_key, {i.sop_key: ("deidentified", i.output, None, None) for i in prepared.instances},
+    outcome, _ = state.finish_study(
+        prepared.study_key, {i.sop_key: ("deidentified", i.output, None, None, None) for i in prepared.instances},
         pseudonym=prepared.pseudonym, output_study=prepared.output_study, crosswalk=list(prepared.crosswalk),
         expected_received_at={row.sop_key: row.received_at for row in rows})
     if outcome != "queued":

@@ -349,7 +349,9 @@ class State:
                 return str(row[0]), excluded  # reopened by a new instance meanwhile: processed again
             counts = dict(db.execute("SELECT state, COUNT(*) FROM instances WHERE study_key = ? GROUP BY state",
                                      (study_key,)).fetchall())
-            if counts.get("deidentified") or counts.get("delivered") or counts.get("purged"):
+            sent_before = db.execute("SELECT 1 FROM sent JOIN instances USING (sop_key) WHERE study_key = ? LIMIT 1",
+                                     (study_key,)).fetchone() is not None
+            if counts.get("deidentified") or sent_before:
                 db.execute(
                     "UPDATE studies SET state = 'queued', reason = NULL, updated_at = ?,"
                     " pseudonym = COALESCE(?, pseudonym), output_study = COALESCE(?, output_study) WHERE study_key = ?",
