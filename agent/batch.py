@@ -14,11 +14,14 @@ import csv
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydicom import dcmread
 
 from agent.deidentify import load_profile
 from agent.deidentify.pseudonym import Pseudonymiser
@@ -91,7 +94,21 @@ def process_file(path: str) -> FileReport:
     try:
         return _process_file(path)
     except Exception as exc:
-        return FileReport(path, "failed", f"{path}: could not be processed ({type(exc).__name__})")
+        return FileReport(path, "failed", f"{path}: could not be processed ({type(exc).__name__})",
+                          series=series_of_file(path))
+
+
+def series_of_file(path: str) -> str:
+    """The keyed name of a file's series, read from its header alone ("" when it cannot be): a
+    file that failed or killed its worker holds back its series like a refused one."""
+    assert _processor is not None
+    try:
+        with warnings.catch_warnings():  # pydicom's warnings quote the values they complain about
+            warnings.simplefilter("ignore")
+            header = dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+            return _processor.series_key(header)
+    except Exception:  # pydicom raises many types; no series to name
+        return ""
 
 
 def _process_file(path: str) -> FileReport:
@@ -213,7 +230,7 @@ class SeriesGrain:
                 return [self._hold(report.path, report.output, report.series)]
             self._written.setdefault(report.series, {})[report.path] = report.output
             return [report]
-        if report.status != "quarantined":
+        if report.status not in ("quarantined", "failed"):  # a failed file is missing from its series too
             return [report]
         if report.digest == "undo":  # counted as written before; `Duplicates` removed its output
             self._written.get(report.series, {}).pop(report.path, None)
@@ -257,6 +274,14 @@ class _Workers:
             self._replace()
             return self.pool.submit(process_file, path)
 
+    def series_of(self, path: str) -> str:
+        """`series_of_file` in a worker (what killed one may kill the reader too); "" if it dies."""
+        try:
+            return self.pool.submit(series_of_file, path).result()
+        except BrokenProcessPool:
+            self._replace()
+            return ""
+
     def alone(self, path: str) -> FileReport | None:
         """Process one file with nothing else in flight; None when its worker dies again."""
         try:
@@ -269,7 +294,7 @@ class _Workers:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _killed(path: str, job: Job, profile: str, names: Pseudonymiser) -> FileReport:
+def _killed(path: str, job: Job, profile: str, names: Pseudonymiser, series: str) -> FileReport:
     """A file whose worker died with it alone in the pool: quarantined (keyed by its bytes: what
     killed a worker is not parsed here either), so that the run goes on."""
     refusal = Refusal(Reason.RESOURCE_LIMIT, "worker_memory_mb or instance_seconds: its worker was killed, twice")
@@ -279,7 +304,7 @@ def _killed(path: str, job: Job, profile: str, names: Pseudonymiser) -> FileRepo
         return FileReport(path, "unreadable", f"{path}: cannot read ({exc.strerror})")
     opaque = names.opaque_name(f"killed|{hashlib.sha256(data).hexdigest()}")
     quarantine(job.quarantine_dir, opaque, data, refusal, profile=profile)
-    return FileReport(path, "quarantined", f"{refusal.reason.value}: {refusal.detail}", output=opaque)
+    return FileReport(path, "quarantined", f"{refusal.reason.value}: {refusal.detail}", output=opaque, series=series)
 
 
 def iter_files(root: Path) -> Iterator[str]:
@@ -389,7 +414,7 @@ def anonymise(
         while pending or suspects or not exhausted:
             if suspects and not pending:
                 path = suspects.pop(0)
-                settle(workers_of.alone(path) or _killed(path, job, loaded.name, names))
+                settle(workers_of.alone(path) or _killed(path, job, loaded.name, names, workers_of.series_of(path)))
                 continue
             while not suspects and not exhausted and len(pending) < workers * _IN_FLIGHT_PER_WORKER:
                 following = next(paths, None)

@@ -103,12 +103,22 @@ class Attempt:
 _processor: InstanceProcessor | None = None
 
 
-def _init_worker(profile: str, key_file: Path, daemon_pid: int, limits: Limits) -> None:
+class WorkersUnavailable(Exception):
+    """New workers cannot start (the profile or key changed or vanished on disk since start):
+    nothing is refused for it; the round fails, loudly, and is tried again."""
+
+
+def _init_worker(profile: str, key_file: Path, daemon_pid: int, limits: Limits,
+                 expected: tuple[str, str] | None = None) -> None:
     global _processor
     name_process("nmip-deidentify")
     os.nice(WORKER_NICE)
     bound_worker_memory(limits)
-    _processor = InstanceProcessor(load_profile(profile), load_key_file(key_file), limits=limits)
+    loaded, key = load_profile(profile), load_key_file(key_file)
+    if expected is not None and (loaded.fingerprint, key.key_id) != expected:
+        # A replacement worker must apply what the daemon started with (and its manifests state).
+        raise RuntimeError("the profile or the key changed on disk since the agent started: restart it")
+    _processor = InstanceProcessor(loaded, key, limits=limits)
     threading.Thread(target=_exit_with, args=(daemon_pid,), name="watch-daemon", daemon=True).start()
 
 
@@ -162,7 +172,10 @@ class Pipeline:
 
     def __init__(self, state: State, spool: Spool, *, profile: str, key_file: Path, outbox: Path,
                  quarantine_dir: Path, quiet_period_s: float, workers: int,
-                 open_associations: Callable[[], int] | None = None, limits: Limits = Limits()) -> None:
+                 open_associations: Callable[[], int] | None = None, limits: Limits = Limits(),
+                 expected: tuple[str, str] | None = None) -> None:
+        """`expected`: the profile's fingerprint and the key's id as the daemon loaded them; a
+        worker that loads anything else refuses to start."""
         self.state = state
         # How many associations are open now (the receivers'): early work takes what receiving leaves.
         self.open_associations = open_associations
@@ -175,7 +188,8 @@ class Pipeline:
         self.early_workers = workers - 1
         outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
         quarantine_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._pool_args = (profile, key_file, os.getpid(), limits)
+        self._pool_args = (profile, key_file, os.getpid(), limits, expected)
+        self._pool_retry_at = 0.0  # after new workers failed to start: not before this time
         self.pool = self._new_pool()
         self._attempts: dict[str, Attempt] = {}  # sop_key -> its latest attempt, until its study is done
         self._backlog: deque[InstanceRow] = deque()  # instances of receiving studies not yet attempted
@@ -193,11 +207,21 @@ class Pipeline:
 
     def _replace_pool(self) -> None:
         """A worker died (killed by its CPU limit, the kernel's OOM killer or the unit's MemoryMax):
-        the pool is broken for good, so a new one takes its place. Every attempt in flight failed
-        with it; the pipeline retries them, each suspect alone (`_isolated`)."""
+        the pool is broken for good, so a new one takes its place, checked to start. Every attempt
+        in flight failed with it; the pipeline retries them, each suspect alone (`_isolated`)."""
+        if time.monotonic() < self._pool_retry_at:
+            raise WorkersUnavailable("de-identification workers failed to start; trying again shortly")
         old, self.pool = self.pool, self._new_pool()
         old.shutdown(wait=False, cancel_futures=True)
         _log.error("worker_replaced", detail="a de-identification worker died; its instances are tried again, alone")
+        try:
+            for future in [self.pool.submit(_ready) for _ in range(self.workers)]:
+                future.result()
+        except BrokenProcessPool:
+            self._pool_retry_at = time.monotonic() + 30.0
+            _log.error("workers_failed_to_start", detail="the profile or the key changed or is unreadable since the "
+                       "agent started: restart the agent; nothing is refused meanwhile", retry_in_s=30)
+            raise WorkersUnavailable("de-identification workers failed to start") from None
 
     def start(self, interval_s: float = 0.1) -> None:
         # Start the workers now (each compiles the profile once), not when the first study is stable.
@@ -352,9 +376,10 @@ class Pipeline:
         try:  # a pool broken meanwhile is replaced by `_submit`; a death from here on is this instance's
             return self._submit(row).future.result()
         except BrokenProcessPool:
-            self._replace_pool()
-            return InstanceResult(row.sop_key, False, reason=Reason.RESOURCE_LIMIT.value,
-                                  detail="worker_memory_mb or instance_seconds: its worker was killed, twice")
+            pass
+        self._replace_pool()  # raises WorkersUnavailable if new workers cannot start: then nothing is refused
+        return InstanceResult(row.sop_key, False, reason=Reason.RESOURCE_LIMIT.value,
+                              detail="worker_memory_mb or instance_seconds: its worker was killed, twice")
 
     @staticmethod
     def _still_stands(attempt: Attempt, row: InstanceRow, staging: Path) -> bool:
@@ -405,14 +430,22 @@ class Pipeline:
     def _conclude(self, study_key: str, rows: list[InstanceRow], results: list[InstanceResult],
                   staging: Path) -> tuple[str, int, list[InstanceResult], int]:
         """Publish what passed, series by series: a series with a refused instance (now or held from
-        before) is held whole, each of its other instances quarantined as `series_quarantined`, so
-        no series leaves with a hole; excluded instances are only recorded. Then one transaction.
-        Returns the study's state, how many instances are held, those published, and excluded."""
+        before) is held whole, each of its other instances quarantined as `series_quarantined`
+        (those of an earlier round not yet sent too), so no series leaves with a hole; excluded
+        instances are only recorded. Then one transaction. Returns the study's state, how many
+        instances are held, those published, and how many excluded."""
         series = {row.sop_key: row.series_key or "" for row in rows}
         for r in results:
             series[r.sop_key] = series[r.sop_key] or r.series_key
         held = self.state.held_series(study_key) | {series[r.sop_key] for r in results
                                                      if not r.passed and not r.excluded}
+
+        def is_held(key: str | None) -> bool:
+            # An instance of unknown series (from before series were recorded, or a source without
+            # one) may belong to any series of its study: then every series is held.
+            return "" in held or (key or "") in held
+
+        holding = Refusal(Reason.SERIES_QUARANTINED, "another instance of its series is held on site")
         outcomes: dict[str, tuple[str, str | None, str | None, str | None, str | None]] = {}
         published: list[InstanceResult] = []
         for r in results:
@@ -423,17 +456,20 @@ class Pipeline:
                 continue
             if not r.passed:
                 refusal = Refusal(Reason(r.reason), r.detail)
-            elif series[r.sop_key] in held:
-                refusal = Refusal(Reason.SERIES_QUARANTINED, "another instance of its series is held on site")
+            elif is_held(series[r.sop_key]):
+                refusal = holding
+                (self.outbox / r.output).unlink(missing_ok=True)  # published by a round a crash cut short
             if refusal is not None:
-                quarantine(self.quarantine_dir, r.sop_key, self.spool.path_of(r.sop_key).read_bytes(), refusal,
-                           profile=self.profile)
+                refusal = self._quarantine(r.sop_key, refusal)
                 outcomes[r.sop_key] = ("quarantined", None, refusal.reason.value, refusal.detail, series[r.sop_key])
             else:
                 self._publish(staging / r.output, self.outbox / r.output)
                 self._unquarantine(r.sop_key)
                 outcomes[r.sop_key] = ("deidentified", r.output, None, None, series[r.sop_key])
                 published.append(r)
+        unsent = [row for row in self.state.instances_in(study_key, "deidentified") if is_held(row.series_key)]
+        for row in unsent:  # queued by an earlier round, not sent yet: held with their series
+            self._quarantine(row.sop_key, holding)
         os.sync()  # one flush for the whole study instead of an fsync per file
         shutil.rmtree(staging, ignore_errors=True)
         passed = [r for r in results if r.passed]
@@ -443,13 +479,30 @@ class Pipeline:
             output_study=passed[0].output_study if passed else None,
             crosswalk=[pair for r in passed for pair in r.crosswalk],
             expected_received_at={row.sop_key: row.received_at for row in rows},
+            hold={row.sop_key: holding.detail for row in unsent},
         )
+        for row in unsent:
+            if self.state.still_in(row.sop_key, "quarantined", row.received_at):
+                (self.outbox / (row.output or "")).unlink(missing_ok=True)
+            else:  # sent meanwhile (the delivery thread was quicker): it is not held
+                self._unquarantine(row.sop_key)
         received_at = {row.sop_key: row.received_at for row in rows}
         for sop_key in excluded:  # nothing of it will be sent: the identifiable copy goes now
-            if self.state.still_excluded(sop_key, received_at[sop_key]):
-                self.spool.remove(sop_key)
-        held_now = sum(1 for o in outcomes.values() if o[0] == "quarantined")
+            with self.spool.locked(sop_key):  # not a copy resent meanwhile
+                if self.state.still_in(sop_key, "excluded", received_at[sop_key]):
+                    self.spool.remove(sop_key)
+        held_now = sum(1 for o in outcomes.values() if o[0] == "quarantined") + len(unsent)
         return state, held_now, published, len(excluded)
+
+    def _quarantine(self, sop_key: str, refusal: Refusal) -> Refusal:
+        """File the identifiable source in the quarantine; a spool copy found missing is recorded
+        as such (the refusal returned says so), never a reason to fail the round."""
+        try:
+            source: bytes | None = self.spool.path_of(sop_key).read_bytes()
+        except FileNotFoundError:
+            source, refusal = None, Refusal(Reason.UNREADABLE, f"spool copy missing ({refusal.reason.value})")
+        quarantine(self.quarantine_dir, sop_key, source, refusal, profile=self.profile)
+        return refusal
 
     def _unquarantine(self, sop_key: str) -> None:
         """An instance released (or reopened with its series) and now decided otherwise: its

@@ -87,9 +87,10 @@ def _file_new(path: Path, data: bytes) -> bool:
         os.unlink(tmp)
 
 
-def quarantine(folder: Path, opaque_name: str, source: bytes, refusal: Refusal, *, profile: str,
+def quarantine(folder: Path, opaque_name: str, source: bytes | None, refusal: Refusal, *, profile: str,
                other_name: Callable[[], str] | None = None) -> Path:
-    """Store the identifiable source as `<opaque>.dcm` with `<opaque>.json` stating why.
+    """Store the identifiable source as `<opaque>.dcm` with `<opaque>.json` stating why (only the
+    record when the source is gone: `file` is then null).
 
     `other_name` (a batch run): when another source is already filed under `opaque_name` (another
     file with the same SOP Instance UID), it is kept and this one is filed under `other_name()`, a
@@ -97,7 +98,9 @@ def quarantine(folder: Path, opaque_name: str, source: bytes, refusal: Refusal, 
     corrects one.
     """
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if other_name is None:
+    if source is None:
+        pass
+    elif other_name is None:
         write_atomically(folder / f"{opaque_name}.dcm", source)
     elif not _file_new(folder / f"{opaque_name}.dcm", source):
         # Another worker may be filing a file of the same UID at this very moment: the name is
@@ -108,7 +111,7 @@ def quarantine(folder: Path, opaque_name: str, source: bytes, refusal: Refusal, 
         **refusal.as_dict(),
         "profile": profile,
         "quarantined_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "file": f"{opaque_name}.dcm",
+        "file": f"{opaque_name}.dcm" if source is not None else None,
     }
     write_atomically(folder / f"{opaque_name}.json", (json.dumps(record, indent=2) + "\n").encode())
     return folder / f"{opaque_name}.json"

@@ -283,8 +283,9 @@ class Receiver:
         series_key = self.names.opaque_name(series_uid) if series_uid else None
         try:
             self.spool.check_room(len(data), self._used())
-            self.spool.store(sop_key, data)
-            follow_up = self.state.record_received(sop_key, study_key, len(data), series_key=series_key)
+            with self.spool.locked(sop_key):  # no purge deletes this copy between the two steps
+                self.spool.store(sop_key, data)
+                follow_up = self.state.record_received(sop_key, study_key, len(data), series_key=series_key)
             with self._lock:
                 self._spool_used += len(data)
         except NoSpace as exc:

@@ -35,13 +35,14 @@ class Service:
         profile = load_profile(config.pipeline.profile)
         key = load_key_file(config.pipeline.key_file)
         self.config = config
-        self.state = State(config.pipeline.database)
+        self.state = State(config.pipeline.database, upgrade=True)
         self.spool = Spool.from_config(config.spool)
         self.pipeline = Pipeline(
             self.state, self.spool, profile=config.pipeline.profile, key_file=config.pipeline.key_file,
             outbox=config.pipeline.outbox, quarantine_dir=config.pipeline.quarantine,
             quiet_period_s=config.pipeline.quiet_period_s, workers=config.pipeline.workers,
             open_associations=lambda: self.receiver.open_associations(), limits=config.limits,
+            expected=(profile.fingerprint, key.key_id),
         )
         self.receiver = ReceiverProcesses(config)
         self.key_id = key.key_id

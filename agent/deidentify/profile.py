@@ -6,6 +6,7 @@ recipes say what happens to each attribute. See profiles/README.md.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from contextlib import redirect_stderr, redirect_stdout
@@ -66,6 +67,7 @@ class Profile:
     sop_classes: frozenset[str]
     vocabulary: frozenset[str] = frozenset()  # the site's words, added to the shipped imaging vocabulary
     exclude: tuple[ExclusionRule, ...] = ()  # header matches that put an accepted instance out of scope
+    fingerprint: str = ""  # SHA-256 of the manifest and recipe files as loaded: workers check they load the same
 
     @property
     def method_codes(self) -> list[tuple[str, str]]:
@@ -136,7 +138,16 @@ def load(name_or_path: str) -> Profile:
         sop_classes=_sop_classes(data.get("sop_classes", "all-storage"), manifest),
         vocabulary=_vocabulary(data.get("vocabulary", []), manifest),
         exclude=parse_rules(data.get("exclude"), manifest),
+        fingerprint=_fingerprint(manifest, recipes, data.get("vocabulary", [])),
     )
+
+
+def _fingerprint(manifest: Path, recipes: tuple[Path, ...], vocabulary: Any) -> str:
+    digest = hashlib.sha256()
+    words = [manifest.parent / v for v in vocabulary] if isinstance(vocabulary, list) else []
+    for path in (manifest, *recipes, *words):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _string(data: dict[str, Any], key: str, manifest: Path) -> str:

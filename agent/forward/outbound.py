@@ -310,7 +310,10 @@ class Forwarder:
         """Delivered: the identifiable spool copies and the de-identified outbox copies go."""
         study = self.state.study(study_key)
         for row in self.state.instances_in(study_key, "delivered"):
-            self.spool.remove(row.sop_key)
+            with self.spool.locked(row.sop_key):  # not a copy the PACS resent meanwhile
+                if not self.state.still_in(row.sop_key, "delivered", row.received_at):
+                    continue  # resent: its new copies are the pipeline's
+                self.spool.remove(row.sop_key)
             if row.output:
                 (self.outbox / row.output).unlink(missing_ok=True)
         if study is not None and study.pseudonym and study.output_study:

@@ -117,6 +117,14 @@ class SchemaTooNew(AgentError):
     """The database was written by a newer agent: a downgrade would misread it."""
 
 
+class SchemaTooOld(AgentError):
+    """The database is older than this agent and only the service upgrades it."""
+
+
+class StudyBusy(AgentError):
+    """An operator's action on a study that is being received or de-identified right now."""
+
+
 @dataclass(frozen=True)
 class InstanceRow:
     sop_key: str
@@ -144,18 +152,21 @@ class StudyRow:
 class State:
     """The agent's database; safe to share between threads (each gets its own connection)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, upgrade: bool = False) -> None:
+        """`upgrade`: take an older database forward (the daemon, `serve`, at start). Without it
+        an older database holding data is refused: a command run between a package upgrade and
+        the service's restart must not change the schema under the daemon still running."""
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._local = threading.local()
         self._db().executescript(_SCHEMA)  # executescript commits on its own
         path.chmod(0o600)
-        self._migrate()
+        self._migrate(upgrade)
 
     def schema_version(self) -> int:
         return int(self._db().execute("PRAGMA user_version").fetchone()[0])
 
-    def _migrate(self) -> None:
+    def _migrate(self, upgrade: bool) -> None:
         """Bring the database to SCHEMA_VERSION, keeping a copy of it as it was first."""
         version = self.schema_version()
         if version > SCHEMA_VERSION:
@@ -163,7 +174,12 @@ class State:
                                f"({SCHEMA_VERSION}): run the agent version that wrote it, or restore a backup")
         if version == SCHEMA_VERSION:
             return
-        if self._holds_data():  # a new database has nothing to keep
+        holds_data = self._holds_data()
+        if holds_data and not upgrade:
+            raise SchemaTooOld(f"{self.path}: state database schema version {version} is older than this agent's "
+                               f"({SCHEMA_VERSION}): restart the service (`nmip-agent serve` upgrades it), then "
+                               "run this command again")
+        if holds_data:  # a new database has nothing to keep
             self._keep_copy(version)
         for step in range(version, SCHEMA_VERSION):
             with self._tx() as db:
@@ -191,7 +207,12 @@ class State:
             self._db().backup(target)
         finally:
             target.close()
-        partial.replace(copy)
+        try:
+            os.link(partial, copy)  # never over a copy another process kept first
+        except FileExistsError:
+            pass
+        finally:
+            partial.unlink()
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -320,13 +341,15 @@ class State:
         output_study: str | None,
         crosswalk: list[tuple[str, str, str]],
         expected_received_at: dict[str, float],
+        hold: dict[str, str] | None = None,
     ) -> tuple[str, list[str]]:
         """Record a study's de-identification in one transaction; returns the study's new state and
         the instances recorded as excluded (whose spool copies may now go).
 
         `outcomes` maps sop_key to (state, output, reason, detail, series_key). An instance resent
         while the study was being processed (its received_at changed) stays `received` for the next
-        round. The study is queued when it has anything to deliver or delivered before (the
+        round. `hold` (sop_key -> detail): de-identified instances of an earlier round, not sent yet,
+        whose series is now held: quarantined as `series_quarantined`. The study is queued when it has anything to deliver or delivered before (the
         manifest is sent again, with the new counts), quarantined when it has only held
         instances, excluded when every instance was out of scope.
         """
@@ -343,14 +366,21 @@ class State:
                     self._audit(db, now, study_key, sop_key, f"instance_{state}", reason)
                     if state == "excluded":
                         excluded.append(sop_key)
+            for sop_key, detail in (hold or {}).items():
+                if db.execute("UPDATE instances SET state = 'quarantined', output = NULL, reason = 'series_quarantined',"
+                              " detail = ? WHERE sop_key = ? AND state = 'deidentified'", (detail, sop_key)).rowcount:
+                    self._audit(db, now, study_key, sop_key, "instance_quarantined", "series_quarantined")
             db.executemany("INSERT OR IGNORE INTO crosswalk (kind, id_old, id_new) VALUES (?, ?, ?)", crosswalk)
             row = db.execute("SELECT state FROM studies WHERE study_key = ?", (study_key,)).fetchone()
             if row is not None and row[0] != "stable":
                 return str(row[0]), excluded  # reopened by a new instance meanwhile: processed again
             counts = dict(db.execute("SELECT state, COUNT(*) FROM instances WHERE study_key = ? GROUP BY state",
                                      (study_key,)).fetchall())
-            sent_before = db.execute("SELECT 1 FROM sent JOIN instances USING (sop_key) WHERE study_key = ? LIMIT 1",
-                                     (study_key,)).fetchone() is not None
+            if counts.get("received"):  # released meanwhile (not in this round): the next round takes them
+                return "stable", excluded
+            sent_before = db.execute(
+                "SELECT 1 FROM sent JOIN instances USING (sop_key) WHERE study_key = ?"
+                " AND state IN ('delivered', 'purged') LIMIT 1", (study_key,)).fetchone() is not None
             if counts.get("deidentified") or sent_before:
                 db.execute(
                     "UPDATE studies SET state = 'queued', reason = NULL, updated_at = ?,"
@@ -377,10 +407,11 @@ class State:
             self._audit(db, now, study_key, None, "study_excluded", f"{counts.get('excluded', 0)} instance(s)")
             return "excluded", excluded
 
-    def still_excluded(self, sop_key: str, received_at: float) -> bool:
-        """The excluded copy is still the one spooled (no resend since): its file may go."""
+    def still_in(self, sop_key: str, state: str, received_at: float) -> bool:
+        """The instance is still in `state` and its spooled copy the same one (no resend since):
+        asked under the spool's lock before its file is deleted."""
         row = self._db().execute("SELECT state, received_at FROM instances WHERE sop_key = ?", (sop_key,)).fetchone()
-        return row is not None and row[0] == "excluded" and row[1] == received_at
+        return row is not None and row[0] == state and row[1] == received_at
 
     # -- delivery -----------------------------------------------------------------------------
 
@@ -462,8 +493,10 @@ class State:
         """The manifest is acknowledged: the study is delivered (unless reopened meanwhile)."""
         now = time.time()
         with self._tx() as db:
-            changed = db.execute("UPDATE studies SET state = 'delivered', updated_at = ? WHERE study_key = ?"
-                                 " AND state = 'queued'", (now, study_key)).rowcount
+            changed = db.execute(
+                "UPDATE studies SET state = 'delivered', updated_at = ? WHERE study_key = ? AND state = 'queued'"
+                " AND NOT EXISTS (SELECT 1 FROM instances WHERE study_key = ? AND state IN ('received', 'deidentified'))",
+                (now, study_key, study_key)).rowcount
             db.execute("DELETE FROM deliveries WHERE study_key = ?", (study_key,))
             if changed:
                 self._audit(db, now, study_key, None, "study_delivered", None)
@@ -591,15 +624,21 @@ class State:
         return int(count)
 
     def purge(self, study_key: str) -> list[str]:
-        """Forget a quarantined study's instances; returns their keys so their files can go."""
+        """Forget a study's held instances; returns their keys so their files can go. The rest of
+        the study (series queued or delivered) goes on; a study only of held series is purged."""
         now = time.time()
         with self._tx() as db:
+            row = db.execute("SELECT state FROM studies WHERE study_key = ?", (study_key,)).fetchone()
+            if row is not None and row[0] in ("receiving", "stable"):
+                raise StudyBusy(f"study {study_key} is being {'received' if row[0] == 'receiving' else 'de-identified'}:"
+                                " try again once it is settled (`status`)")
             keys = [r[0] for r in db.execute(
                 "SELECT sop_key FROM instances WHERE study_key = ? AND state = 'quarantined'", (study_key,))]
             db.execute("UPDATE instances SET state = 'purged' WHERE study_key = ? AND state = 'quarantined'",
                        (study_key,))
-            db.execute("UPDATE studies SET state = 'purged', updated_at = ? WHERE study_key = ?", (now, study_key))
-            self._audit(db, now, study_key, None, "study_purged", f"{len(keys)} instance(s)")
+            db.execute("UPDATE studies SET state = 'purged', updated_at = ? WHERE study_key = ? AND state = 'quarantined'",
+                       (now, study_key))
+            self._audit(db, now, study_key, None, "quarantine_purged", f"{len(keys)} instance(s)")
         return keys
 
     def audit_trail(self, study_key: str) -> list[tuple[float, str | None, str, str | None]]:

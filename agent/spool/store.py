@@ -7,9 +7,12 @@ the target, fsync the folder. Spool file names are opaque keyed hashes, never UI
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from agent.config import SpoolConfig
@@ -82,6 +85,21 @@ class Spool:
             raise NoSpace(errno.EDQUOT, "spool quota reached")
         if shutil.disk_usage(self.directory).free - incoming < self.min_free_bytes:
             raise NoSpace(errno.ENOSPC, "disk free space under the configured floor")
+
+    @contextmanager
+    def locked(self, sop_key: str) -> Iterator[None]:
+        """Hold the lock of the instance's spool folder (one of 256, shared by every process): the
+        receiver holds it from writing a copy to recording it, and whoever deletes a copy holds it
+        from checking that the database still says so to the deletion, so that a copy the PACS
+        resent in between is never the one deleted."""
+        folder = self.path_of(sop_key).parent
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)  # the folder itself: no lock file to leave
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def store(self, sop_key: str, data: bytes) -> Path:
         path = self.path_of(sop_key)

@@ -148,3 +148,26 @@ def test_a_worker_killed_is_replaced_and_an_instance_that_kills_it_twice_is_refu
                               capture_output=True, text=True, timeout=60)
     assert report["instances"] == {"quarantined": 1, "deidentified": 3}
     assert echo.returncode == 0
+
+
+def test_a_replacement_worker_does_not_apply_a_profile_changed_since_start(tmp_path: Path) -> None:
+    """The profile is edited on disk while the daemon runs, then a worker dies: the new worker
+    refuses to start with a profile other than the one the daemon stated at start, the instance
+    is not refused for it (it waits, `stable`), and the log says to restart."""
+    from agent.deidentify.profile import PROFILES_DIR
+
+    profiles = tmp_path / "profiles"
+    shutil.copytree(PROFILES_DIR, profiles)
+    slow = tmp_path / "slow" / "slow.dcm"
+    slow.parent.mkdir(parents=True)
+    slow.write_bytes(quietly(lambda ds: setattr(ds, "ImageComments", "lorem ipsum dolor " * ((3 << 20) // 18))))
+    with Daemon(tmp_path / "agent", pipeline__workers=1, pipeline__profile=str(profiles / "nccid.yaml"),
+                limits__max_value_bytes=1 << 30, limits__instance_seconds=3600) as agent:
+        assert storescu(agent.port, [slow]).returncode == 0
+        worker = _worker(agent)
+        with (profiles / "deid.nccid").open("a") as recipe:
+            recipe.write("\n# edited while the agent runs\n")
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: '"workers_failed_to_start"' in agent.log_text(), 60, 0.2, "the new worker refusing")
+        report = agent.status()
+    assert report["studies"] == {"stable": 1} and report["quarantine"] == []

@@ -202,3 +202,25 @@ def test_a_refused_slice_holds_its_series_and_release_delivers_it(tmp_path: Path
     assert len({i["series_instance_uid"] for i in manifest["instances"]}) == 2
     assert report["quarantine"] == [] and report["instances"] == {"purged": 6}
     assert list((agent.root / "quarantine").glob("*")) == []
+
+
+def test_a_later_refusal_holds_back_its_series_instances_not_yet_sent(tmp_path: Path) -> None:
+    """A series queued (delivery off, as during an outage or outside the upload window), then one
+    more slice of it arrives and is refused: the queued slices are held with it, their outbox
+    copies removed, so the series never goes out with a hole."""
+    patient = Patient()
+    study = make_study(patient, n_series=1, n_per_series=4, plant=False)
+    study[3].BurnedInAnnotation = "YES"
+    files = [write(ds, tmp_path / "pacs" / f"{i}.dcm") for i, ds in enumerate(study)]
+    with Daemon(tmp_path / "agent") as agent:
+        assert storescu(agent.port, files[:3]).returncode == 0
+        assert agent.wait_queued(1)["instances"] == {"deidentified": 3}
+        assert storescu(agent.port, files[3:]).returncode == 0
+        report = wait_for(lambda: (r := agent.status())["instances"].get("quarantined") == 4 and r, 60, 0.3,
+                          "the series held")
+        outputs = agent.outbox_files()
+        shown = agent.show(report["quarantine"][0]["study_key"])
+    assert report["studies"] == {"quarantined": 1} and report["instances"] == {"quarantined": 4}
+    assert outputs == []
+    assert sorted(i["reason"] for i in shown["instances"]) == ["burned_in_annotation"] + ["series_quarantined"] * 3
+    assert len(list((tmp_path / "agent" / "quarantine").glob("*.dcm"))) == 4
