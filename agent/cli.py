@@ -7,6 +7,7 @@ during a batch; 2 a usage error, an unreadable input for `check`, or a bad key o
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -338,6 +339,7 @@ def main() -> None:
     Typer runs in standalone mode, so usage errors print their help and exit 2, and commands'
     exit codes pass through; AgentError propagates out of it to here.
     """
+    os.umask(0o077)  # first: whatever any command creates (database, -wal, reports) is the user's alone
     try:
         app()
     except AgentError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import Any
 
 import structlog
@@ -35,16 +36,44 @@ def configure(level: str = "info") -> None:
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.JSONRenderer()],
         foreign_pre_chain=shared,
     ))
+    handler.addFilter(_withhold_library_text)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    warnings.showwarning = _show_warning
     # pynetdicom logs each DIMSE message, with UIDs, at INFO and DEBUG; httpx logs each request's
     # URL at INFO and httpcore/h2/hpack trace headers (the bearer token) at DEBUG: warnings only.
     for name in ("pynetdicom", "httpx", "httpcore", "h2", "hpack"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # pydicom's warnings about a damaged value quote the value ("Invalid value for VR UI: '...'"),
-    # and a sender controls it: its own logger stays silent, the agent says what went wrong.
+    # and a sender controls it: its own logger stays silent, the agent says what went wrong; and
+    # whatever pydicom or pynetdicom still log, or `warnings` raises, goes out without its text.
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+
+
+#: Libraries that read what a sender sent: their messages can quote it (a non-conformant UID built
+#: from an accession number, a name in a value pydicom complains about).
+_QUOTING = ("pydicom", "pynetdicom", "py.warnings")
+
+
+def _withhold_library_text(record: logging.LogRecord) -> bool:
+    """A library record keeps its level, logger and where it came from, never its text or its
+    exception's (which may quote a value); the agent's own events say what happened."""
+    if record.name.split(".")[0] in _QUOTING:
+        record.msg = f"library_message from {record.name}:{record.funcName} (text withheld: it may quote what a sender sent)"
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+    return True
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Every `warnings.warn` (pydicom's quote values): one JSON line with its category and where,
+    never its text, and never raw on stderr."""
+    module = filename.rsplit("site-packages/", 1)[-1]
+    structlog.get_logger("warnings").warning("library_warning", category=category.__name__,
+                                             where=f"{module}:{lineno}")
 
 
 def get(name: str) -> Any:

@@ -112,6 +112,7 @@ def _init_worker(profile: str, key_file: Path, daemon_pid: int, limits: Limits,
                  expected: tuple[str, str] | None = None) -> None:
     global _processor
     name_process("nmip-deidentify")
+    log.configure("warning")  # what a library logs or warns in a worker goes out without its text
     os.nice(WORKER_NICE)
     bound_worker_memory(limits)
     loaded, key = load_profile(profile), load_key_file(key_file)
@@ -186,8 +187,9 @@ class Pipeline:
         self.quiet_period_s = quiet_period_s
         self.workers = workers
         self.early_workers = workers - 1
-        outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
-        quarantine_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for folder in (outbox, quarantine_dir):  # made, or made private if it existed already
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            folder.chmod(0o700)
         self._pool_args = (profile, key_file, os.getpid(), limits, expected)
         self._pool_retry_at = 0.0  # after new workers failed to start: not before this time
         self.pool = self._new_pool()

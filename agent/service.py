@@ -7,12 +7,16 @@ study in hand (it stays `stable` and resumes at the next start), and the workers
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 import threading
+from pathlib import Path
 from types import FrameType
 
 from agent import log
 from agent.config import Config
+from agent.errors import AgentError
 from agent.clinical import parse_schema
 from agent.clinical.intake import ClinicalIntake
 from agent.deidentify import load_profile
@@ -28,10 +32,43 @@ from agent.spool.store import Spool
 _log = log.get("service")
 
 
+class NotPrivate(AgentError):
+    """A folder or file of identifiable data that is not the agent's user's alone."""
+
+
+def private_paths(config: Config) -> list[tuple[Path, int]]:
+    """What the agent creates and keeps identifiable data in, with the mode each must have."""
+    database = config.pipeline.database
+    paths = [(database, 0o600), (Path(f"{database}-wal"), 0o600), (Path(f"{database}-shm"), 0o600),
+             (config.spool.directory, 0o700), (config.pipeline.outbox, 0o700), (config.pipeline.quarantine, 0o700)]
+    if config.clinical.enabled:
+        paths += [(config.clinical.rejects, 0o700), (config.clinical.archive, 0o700)]
+    return paths
+
+
+def check_private(config: Config) -> None:
+    """At start-up: each of `private_paths` that exists is owned by the agent's user and open to
+    nobody else. A mode left open (an old install, a copy, a restore) is closed and said so; a path
+    owned by another user stops the start, naming it."""
+    for path, mode in private_paths(config):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_uid != os.geteuid():
+            raise NotPrivate(f"{path}: owned by user id {st.st_uid}, not the agent's ({os.geteuid()}): it holds "
+                             f"identifiable data; chown it to the agent's user")
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            path.chmod(mode)
+            _log.warning("private_path_mode_fixed", path=str(path), was=f"{stat.S_IMODE(st.st_mode):04o}",
+                         now=f"{mode:04o}")
+
+
 class Service:
     """Everything `serve` runs, built from one checked Config."""
 
     def __init__(self, config: Config) -> None:
+        check_private(config)
         profile = load_profile(config.pipeline.profile)
         key = load_key_file(config.pipeline.key_file)
         self.config = config

@@ -8,8 +8,9 @@ between two looks. watchdog only wakes the daemon early; the daemon also polls, 
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from agent import log
+from agent.spool.store import save_file
 
 MARKER_SUFFIX = ".done"
 # Reading a file raises inotify "opened" and "closed_no_write" events; waking on them would make
@@ -64,6 +66,7 @@ class DropFolder:
         self.path = path
         self.stable_s = stable_s
         self._seen: dict[str, tuple[int, int, float]] = {}  # name -> size, mtime_ns, unchanged since
+        self._inodes: dict[str, tuple[int, int]] = {}  # name -> (st_dev, st_ino) when last listed
         self._observer: BaseObserver | None = None
         self._handler: _Wake | None = None
         self._wake: Callable[[], None] | None = None
@@ -99,6 +102,9 @@ class DropFolder:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:  # taken away between the listing and now
                 continue
+            if st.st_nlink != 1:  # a hard link: the same data is reachable elsewhere; never taken
+                continue
+            self._inodes[name] = (st.st_dev, st.st_ino)
             if name + MARKER_SUFFIX in files or self._stable(name, st.st_size, st.st_mtime_ns, now):
                 complete.append((st.st_mtime_ns, name))
         return [self.path / name for _, name in sorted(complete)]
@@ -112,18 +118,67 @@ class DropFolder:
             since = previous[2]
         return now - since >= self.stable_s
 
+    def _open(self, path: Path) -> int:
+        """Open a listed file as it was listed: never through a symbolic link (O_NOFOLLOW), and
+        only the regular, singly linked file of the inode the listing saw (not one swapped in
+        since). Raises OSError (the caller looks again at its next round)."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or \
+                    self._inodes.get(path.name) != (st.st_dev, st.st_ino):
+                raise OSError(errno.EPERM, "not the regular, singly linked file that was listed")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def read(self, path: Path) -> bytes:
+        """The bytes of a listed file, read through the descriptor `_open` checked."""
+        fd = self._open(path)
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read()
+
     def finish(self, path: Path, *, archive_as: Path | None = None) -> None:
-        """Done with a dropped file: move it to `archive_as` (0600, 0700 folder) or delete it,
-        and delete its marker, so it is not listed again."""
+        """Done with a dropped file: move it to `archive_as` (0600 through its descriptor, 0700
+        folder) or delete it, and delete its marker, so it is not listed again. What is moved is
+        checked to be the file that was read; anything swapped in meanwhile is left where it is."""
         if archive_as is not None:
             archive_as.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(archive_as.parent, 0o700)
-            os.chmod(path, 0o600)
-            shutil.move(path, archive_as)
+            fd = self._open(path)
+            try:
+                os.fchmod(fd, 0o600)
+                self._move(fd, path, archive_as)
+            finally:
+                os.close(fd)
         else:
             path.unlink(missing_ok=True)
         (path.parent / (path.name + MARKER_SUFFIX)).unlink(missing_ok=True)
         self._seen.pop(path.name, None)
+        self._inodes.pop(path.name, None)
+
+    @staticmethod
+    def _move(fd: int, path: Path, target: Path) -> None:
+        """Rename `path` (the file open as `fd`) to `target`, or copy what `fd` reads there when
+        the target is on another file system; either way only the file that was read."""
+        mine = os.fstat(fd)
+        try:
+            os.rename(path, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            os.lseek(fd, 0, os.SEEK_SET)
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                save_file(target, fh.read(), mode=0o600)
+            now = os.lstat(path)
+            if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                path.unlink()
+            return
+        moved = os.lstat(target)
+        if (moved.st_dev, moved.st_ino) != (mine.st_dev, mine.st_ino):
+            os.rename(target, path)  # swapped in between: not ours to keep
+            raise OSError(errno.EPERM, "the dropped file was replaced while it was taken")
 
     def watch(self, wake: Callable[[], None]) -> None:
         """Call `wake` (from watchdog's thread) whenever something in the folder changes."""

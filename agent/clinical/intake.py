@@ -79,7 +79,7 @@ class ClinicalIntake:
         return taken
 
     def take(self, path: Path) -> str:
-        prepared = prepare_file(path, self.schema, self.pseudonyms, self.config.rejects)
+        prepared = prepare_file(path, self.schema, self.pseudonyms, self.config.rejects, read=self.drop.read)
         batch, result = prepared.batch, prepared.result
         known = self.state.clinical_batch(batch)
         if result.refused is not None:

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,13 +74,14 @@ def _cell(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
-def prepare_file(path: Path, schema: ClinicalSchema, pseudonyms: Pseudonymiser, rejects: Path) -> PreparedFile:
+def prepare_file(path: Path, schema: ClinicalSchema, pseudonyms: Pseudonymiser, rejects: Path,
+                 read: Callable[[Path], bytes] = Path.read_bytes) -> PreparedFile:
     """Read a complete dropped file, pseudonymise it, write its rejects report, log one line.
 
     Raises OSError when the file cannot be read (gone, or permissions): the caller tries again at
     its next look. The message of an OSError names the path, so it must not be logged as it is.
     """
-    data = path.read_bytes()
+    data = read(path)
     batch = batch_id(data, pseudonyms)
     result = pseudonymise_table(data, schema, pseudonyms)
     report = write_rejects_report(rejects, batch, result)

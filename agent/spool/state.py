@@ -219,6 +219,11 @@ class State:
         if db is None:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
+            for companion in ("-wal", "-shm"):  # the WAL holds the crosswalk: never another user's to read
+                try:
+                    os.chmod(f"{self.path}{companion}", 0o600)
+                except FileNotFoundError:
+                    pass
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=30000")
             self._local.db = db

@@ -79,6 +79,7 @@ def test_finish_archives_the_file_and_removes_its_marker(tmp_path: Path) -> None
     export = write(tmp_path / "drop" / "admissions.csv")
     write(tmp_path / "drop" / "admissions.csv.done", "")
     archived = tmp_path / "archive" / "0123.csv"
+    assert drop.ready() == [export]  # only a file the folder listed is taken
     drop.finish(export, archive_as=archived)
     assert archived.read_text(encoding="utf-8").startswith("hospital_number")
     assert stat.S_IMODE(archived.stat().st_mode) == 0o600
@@ -138,3 +139,41 @@ def test_a_failing_wake_does_not_stop_the_watch(tmp_path: Path) -> None:
         write(tmp_path / "a.csv")
         write(tmp_path / "b.csv")
         assert again.wait(10)
+
+
+def test_a_symbolic_or_hard_link_dropped_is_never_read(tmp_path: Path) -> None:
+    """A link to a file elsewhere (the key, /etc/shadow, another site's export) is not listed,
+    and one swapped in for a listed file after the listing is not read or moved: the open is
+    O_NOFOLLOW, and the open file must be the regular, singly linked inode that was listed."""
+    import os
+
+    import pytest
+
+    (tmp_path / "elsewhere").mkdir()
+    secret = write(tmp_path / "elsewhere" / "secret.csv")
+    drop = DropFolder(tmp_path / "drop", stable_s=0)
+    (tmp_path / "drop" / "linked.csv").symlink_to(secret)
+    os.link(secret, tmp_path / "drop" / "hard.csv")
+    assert drop.ready() == []
+
+    export = write(tmp_path / "drop" / "admissions.csv")
+    assert drop.ready() == [export]
+    export.unlink()
+    export.symlink_to(secret)  # swapped between the listing and the read
+    with pytest.raises(OSError):
+        drop.read(export)
+    with pytest.raises(OSError):
+        drop.finish(export, archive_as=tmp_path / "archive" / "x.csv")
+    assert not (tmp_path / "archive" / "x.csv").exists() and export.is_symlink()
+
+    export.unlink()
+    os.link(secret, export)  # a hard link swapped in: the same name, another inode, two links
+    with pytest.raises(OSError):
+        drop.read(export)
+    replaced = write(tmp_path / "drop" / "other.csv")
+    assert replaced in drop.ready()
+    replaced.rename(tmp_path / "elsewhere" / "kept.csv")  # kept, so its inode is not reused
+    write(replaced)  # a new file under the listed name: another inode
+    with pytest.raises(OSError):
+        drop.read(replaced)
+    assert secret.read_text(encoding="utf-8").startswith("hospital_number")
