@@ -42,6 +42,9 @@ class ReceiveConfig:
     idle_timeout_s: float = 60.0
     max_pdu_bytes: int = 262_144
     processes: int = 2
+    association_request_timeout_s: float = 5.0  # the A-ASSOCIATE-RQ must arrive whole within this
+    max_connections: int = 64  # open connections from addresses that are not allowed peers
+    max_connections_per_address: int = 16  # open connections from any one address
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,8 @@ _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "ae_title": _ae_title, "bind_address": _address, "port": _int(1, 65535), "allowed_peers": _peers,
         "max_associations": _int(1, 64), "network_timeout_s": _number(1, 3600), "idle_timeout_s": _number(1, 86400),
         "max_pdu_bytes": _int(4096, 16_777_216), "processes": _int(1, 32),
+        "association_request_timeout_s": _number(1, 60), "max_connections": _int(1, 4096),
+        "max_connections_per_address": _int(1, 1024),
     },
     "spool": {"directory": Path, "quota_mb": _int(1, 10_000_000), "min_free_mb": _int(0, 10_000_000),
               "retention_days": _int(1, 3650)},

@@ -10,14 +10,18 @@ database: the sender retries), 0xC210 cannot understand (not a parseable dataset
 
 from __future__ import annotations
 
+import errno
 import io
+import mmap
 import multiprocessing
 import os
 import signal
 import socket
 import struct
+import tempfile
 import threading
 import time
+from pathlib import Path
 from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any
 
@@ -29,6 +33,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from agent import log
 from agent.config import Config, ReceiveConfig
+from agent.connections import ConnectionTable, bounded_handler
 from agent.errors import AgentError
 from agent.deidentify.pseudonym import Pseudonymiser, PseudonymSettings
 from agent.keys import load_key_file
@@ -43,7 +48,10 @@ CANNOT_UNDERSTAND = 0xC210  # PS3.4 B.2.3: Error, Cannot Understand
 # Set once, here: pynetdicom's per-message logging prints UIDs, and its default handler decodes
 # every dataset, which we never want.
 _config.LOG_HANDLER_LEVEL = "none"
-_config.STORE_RECV_CHUNKED_DATASET = False
+# Datasets are written to a temporary file (0600, on the spool's file system: `_receiver_main`
+# points tempfile there) as their fragments arrive, never assembled in memory.
+_config.STORE_RECV_CHUNKED_DATASET = True
+INCOMING = ".incoming"  # the spool's folder of datasets being received
 
 _log = log.get("receive")
 
@@ -72,18 +80,47 @@ def open_listener(config: ReceiveConfig) -> socket.socket:
 
 class ReceiverShared:
     """What the receiver processes share, in shared memory: per process, its open associations
-    (summed against max_associations), its open connections (to spread new ones) and whether it
-    is ready. A dead process's counts are reset with it."""
+    (summed against max_associations), its open connections (to spread new ones), those from
+    addresses that are not allowed peers (summed against max_connections), and whether it is
+    ready; and open connections per address (`ConnectionTable`). A dead process's counts are
+    reset with it."""
 
     def __init__(self, context: Any, processes: int) -> None:
         self.associations: SynchronizedArray[int] = context.Array("i", processes)
         self.connections: SynchronizedArray[int] = context.Array("i", processes)
+        self.foreign: SynchronizedArray[int] = context.Array("i", processes)
         self.ready: SynchronizedArray[int] = context.Array("i", processes)
+        self.addresses = ConnectionTable(context, processes)
 
     def reset(self, index: int) -> None:
-        for counts in (self.associations, self.connections, self.ready):
+        for counts in (self.associations, self.connections, self.foreign, self.ready):
             with counts.get_lock():
                 counts[index] = 0
+        self.addresses.reset(index)
+
+    def admit(self, address: str, index: int, config: ReceiveConfig, allowed: bool) -> str | None:
+        """Count a new connection, or say why it is refused: every address has its cap, and
+        addresses that are not allowed peers share `max_connections` (so a crowd of them never
+        locks the PACS out)."""
+        if not allowed:
+            with self.foreign.get_lock():
+                if sum(self.foreign[:]) >= config.max_connections:
+                    return "max_connections reached"
+                self.foreign[index] += 1
+        if not self.addresses.admit(address, index, config.max_connections_per_address):
+            if not allowed:
+                with self.foreign.get_lock():
+                    self.foreign[index] -= 1
+            return "max_connections_per_address reached"
+        self.add_connection(index, +1)
+        return None
+
+    def release(self, address: str, index: int, allowed: bool) -> None:
+        self.add_connection(index, -1)
+        self.addresses.release(address, index)
+        if not allowed:
+            with self.foreign.get_lock():
+                self.foreign[index] = max(0, self.foreign[index] - 1)
 
     def busier_than_another(self, index: int) -> bool:
         counts = self.connections[:]
@@ -97,22 +134,29 @@ class ReceiverShared:
 _YIELD_S = 0.003
 
 
-def _server_class(listener: socket.socket, shared: ReceiverShared | None, index: int) -> type[ThreadedAssociationServer]:
+def _server_class(listener: socket.socket, shared: ReceiverShared, index: int,
+                  config: ReceiveConfig) -> type[ThreadedAssociationServer]:
+    allowed = {p.address for p in config.allowed_peers}
+
     class SharedListenerServer(ThreadedAssociationServer):
         """pynetdicom's server, accepting on a socket bound by the daemon instead of its own.
 
         Every process wakes for a new connection; one with more open connections than another
         waits a moment first, so that four associations arriving together land two and two
-        instead of all on whichever process was quickest.
+        instead of all on whichever process was quickest. A connection past its caps is closed
+        at once, before a thread or an association is made for it.
         """
 
         def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-            if shared is not None and shared.busier_than_another(index):
+            if shared.busier_than_another(index):
                 time.sleep(_YIELD_S)
-            request = super().get_request()  # BlockingIOError (an OSError) if another took it
-            if shared is not None:
-                shared.add_connection(index, +1)
-            return request
+            request, address = super().get_request()  # BlockingIOError (an OSError) if another took it
+            refused = shared.admit(str(address[0]), index, config, str(address[0]) in allowed)
+            if refused is not None:
+                request.close()
+                _log.warning("connection_refused", address=str(address[0]), reason=refused)
+                raise ConnectionRefusedError(refused)  # socketserver drops it and waits for the next
+            return request, address
 
         def server_bind(self) -> None:
             if self.socket is not None:
@@ -135,8 +179,9 @@ class Receiver:
 
     def __init__(self, config: ReceiveConfig, spool: Spool, state: State, names: Pseudonymiser, *,
                  listener: socket.socket | None = None, shared: ReceiverShared | None = None,
-                 index: int = 0) -> None:
+                 index: int = 0, max_instance_bytes: int = 4096 << 20) -> None:
         self.config = config
+        self.max_instance_bytes = max_instance_bytes
         self.listener = listener
         self.shared = shared
         self.index = index
@@ -152,6 +197,10 @@ class Receiver:
         self._spool_used = state.spool_bytes()
         self._spool_read_at = time.monotonic()
         self._server: Any = None
+        self._incoming: dict[int, int] = {}  # id(assoc) -> bytes of P-DATA since its last C-STORE
+        self._discarding: dict[int, str] = {}  # id(assoc) -> why its instance in progress is not kept
+        self._open = 0  # associations open here, when there is no shared count (one process)
+        self._allowed_addresses = {p.address for p in config.allowed_peers}
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
@@ -160,12 +209,47 @@ class Receiver:
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(str(context.abstract_syntax), TRANSFER_SYNTAXES)
         ae.require_called_aet = True
-        ae.maximum_associations = self.config.max_associations
+        # Associations are counted by `_take_slot`, from allowed peers only: pynetdicom's own count
+        # includes connections that never associate, which a crowd of them would use up.
+        ae.maximum_associations = 100_000
         ae.network_timeout = self.config.idle_timeout_s
-        ae.acse_timeout = self.config.network_timeout_s
+        ae.acse_timeout = self.config.association_request_timeout_s  # the ARTIM timer: a silent connection
         ae.dimse_timeout = self.config.network_timeout_s
         ae.maximum_pdu_size = self.config.max_pdu_bytes
         return ae
+
+    def _request_handler(self) -> Any:
+        return bounded_handler(request_timeout_s=self.config.association_request_timeout_s,
+                               network_timeout_s=self.config.network_timeout_s, max_pdu_bytes=self.config.max_pdu_bytes,
+                               budget=self._admit_data, on_refused=self._on_bound_broken)
+
+    def _admit_data(self, assoc: Any, nbytes: int) -> str | None:
+        """Checked before each P-DATA PDU is read. Past `limits.max_instance_mb` the association
+        ends (no answer could take such an instance). Past the spool's quota, or when the next
+        PDU would take the disk under its floor, the instance is received to its end but not kept
+        (its temporary file cut back before each PDU, so it never holds more than one) and then
+        answered 0xA700: the PACS sends it again later."""
+        with self._lock:
+            incoming = self._incoming.get(id(assoc), 0) + nbytes
+            self._incoming[id(assoc)] = incoming
+            discarding = id(assoc) in self._discarding
+        if incoming > self.max_instance_bytes:
+            return f"an instance larger than limits.max_instance_mb ({self.max_instance_bytes >> 20} MB)"
+        if not discarding:
+            why = self.spool.room_while_receiving(incoming, nbytes, self._used())
+            if why is None:
+                return None
+            with self._lock:
+                self._discarding[id(assoc)] = why
+        _cut_back(assoc)
+        return None
+
+    def _on_bound_broken(self, assoc: Any, reason: str) -> None:
+        try:
+            address = str(assoc.requestor.address)
+        except Exception:
+            address = ""
+        _log.warning("connection_closed_at_bound", address=address, reason=reason)
 
     def start(self) -> None:
         handlers: list[Any] = [
@@ -178,13 +262,17 @@ class Receiver:
             (evt.EVT_CONN_CLOSE, self._on_connection_closed),
         ]
         address = (self.config.bind_address, self.config.port)
-        if self.listener is None:
-            self._server = self.ae.start_server(address, block=False, evt_handlers=handlers)
+        if self.listener is None or self.shared is None:
+            self._server = self.ae.make_server(address, evt_handlers=handlers, server_class=ThreadedAssociationServer,
+                                               request_handler=self._request_handler())
+            threading.Thread(target=self._server.serve_forever, name="acceptor", daemon=True).start()
+            self.ae._servers.append(self._server)
             _log.info("receiver_listening", ae_title=self.config.ae_title, address=self.config.bind_address,
                       port=self.port)
             return
-        server_class = _server_class(self.listener, self.shared, self.index)
-        self._server = self.ae.make_server(address, evt_handlers=handlers, server_class=server_class)
+        server_class = _server_class(self.listener, self.shared, self.index, self.config)
+        self._server = self.ae.make_server(address, evt_handlers=handlers, server_class=server_class,
+                                           request_handler=self._request_handler())
         threading.Thread(target=self._server.serve_forever, name="acceptor", daemon=True).start()
         self.ae._servers.append(self._server)
 
@@ -224,7 +312,12 @@ class Receiver:
 
     def _take_slot(self, assoc_id: int) -> bool:
         if self.shared is None:
-            return True  # one process: pynetdicom's own maximum_associations applies
+            with self._lock:
+                if self._open >= self.config.max_associations:
+                    return False
+                self._open += 1
+                self._counted.add(assoc_id)
+            return True
         slots = self.shared.associations
         with slots.get_lock():
             if sum(slots[:]) >= self.config.max_associations:
@@ -235,12 +328,17 @@ class Receiver:
         return True
 
     def _on_connection_closed(self, event: Any) -> None:
-        if self.shared is None:
-            return
-        self.shared.add_connection(self.index, -1)
         with self._lock:
             counted = id(event.assoc) in self._counted
             self._counted.discard(id(event.assoc))
+            self._incoming.pop(id(event.assoc), None)
+            self._discarding.pop(id(event.assoc), None)
+            if counted and self.shared is None:
+                self._open -= 1
+        if self.shared is None:
+            return
+        address = str(event.assoc.requestor.address)
+        self.shared.release(address, self.index, address in self._allowed_addresses)
         if counted:
             with self.shared.associations.get_lock():
                 self.shared.associations[self.index] -= 1
@@ -270,10 +368,21 @@ class Receiver:
             return self._spool_used
 
     def _on_store(self, event: Any) -> int:
-        """Spool the instance durably, then answer; every failure is a status, never an exception."""
+        """Spool the instance durably, then answer; every failure is a status, never an exception.
+
+        The dataset is in a temporary file on the spool's file system (written as it arrived):
+        it is read through a memory map (its header only, in practice) and linked into the spool.
+        """
+        with self._lock:
+            self._incoming[id(event.assoc)] = 0  # the next instance's bytes count from here
+            discarded = self._discarding.pop(id(event.assoc), None)
+        if discarded is not None:
+            _log.warning("instance_refused", status="0xA700", reason=discarded)
+            return OUT_OF_RESOURCES
         try:
-            data: bytes = event.encoded_dataset(include_meta=True)
-            sop_uid, study_uid, series_uid = _identify(data)
+            received = Path(event.dataset_path)
+            size = received.stat().st_size
+            sop_uid, study_uid, series_uid = _identify_file(received)
         except Exception:
             # The instance is not named: an unparseable stream has no key to name it by.
             _log.warning("instance_refused", status="0xC210", reason="unparseable or truncated")
@@ -282,12 +391,14 @@ class Receiver:
         study_key = self.names.opaque_name(study_uid)
         series_key = self.names.opaque_name(series_uid) if series_uid else None
         try:
-            self.spool.check_room(len(data), self._used())
+            if size > self.max_instance_bytes:
+                raise NoSpace(errno.EFBIG, f"an instance larger than limits.max_instance_mb ({size >> 20} MB)")
+            self.spool.check_received(size, self._used())
             with self.spool.locked(sop_key):  # no purge deletes this copy between the two steps
-                self.spool.store(sop_key, data)
-                follow_up = self.state.record_received(sop_key, study_key, len(data), series_key=series_key)
+                self.spool.store_file(sop_key, received)
+                follow_up = self.state.record_received(sop_key, study_key, size, series_key=series_key)
             with self._lock:
-                self._spool_used += len(data)
+                self._spool_used += size
         except NoSpace as exc:
             _log.warning("instance_refused", status="0xA700", reason=exc.strerror, study_key=study_key)
             return OUT_OF_RESOURCES
@@ -312,10 +423,14 @@ def _receiver_main(config: Config, listener: socket.socket, parent_pid: int, sha
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     log.configure(config.log.level)
+    incoming = config.spool.directory / INCOMING  # datasets as they arrive, on the spool's file system
+    incoming.mkdir(parents=True, exist_ok=True, mode=0o700)
+    incoming.chmod(0o700)
+    tempfile.tempdir = str(incoming)
     state = State(config.pipeline.database)
     names = Pseudonymiser(load_key_file(config.pipeline.key_file), PseudonymSettings())
     receiver = Receiver(config.receive, Spool.from_config(config.spool), state, names, listener=listener,
-                        shared=shared, index=index)
+                        shared=shared, index=index, max_instance_bytes=config.limits.max_instance_mb << 20)
     receiver.start()
     shared.ready[index] = 1
     while not stopping.wait(0.5) and os.getppid() == parent_pid:
@@ -533,7 +648,7 @@ def _identify(data: bytes) -> tuple[str, str, str]:
         if not sop_uid or not study_uid:
             raise ValueError("missing UIDs")
         return sop_uid, study_uid, series_uid
-    stream = io.BytesIO(data)
+    stream = _stream(data)
     ds = dcmread(stream, stop_before_pixels=True)
     sop_uid, study_uid = str(ds.SOPInstanceUID).strip(), str(ds.StudyInstanceUID).strip()
     series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
@@ -551,6 +666,27 @@ def _identify(data: bytes) -> tuple[str, str, str]:
 _PIXEL_TAGS = (b"\xe0\x7f\x10\x00", b"\xe0\x7f\x08\x00", b"\xe0\x7f\x09\x00")  # Pixel, Float, Double Float
 
 
+def _cut_back(assoc: Any) -> None:
+    """Empty the temporary file of the dataset being received (pynetdicom's DIMSE message's):
+    the next fragment is written at its start, so a discarded instance holds one PDU at most."""
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    handle = getattr(message, "_data_set_file", None)
+    if handle is not None and not handle.closed:
+        handle.flush()
+        handle.seek(0)
+        handle.truncate(0)
+
+
+def _identify_file(path: Path) -> tuple[str, str, str]:
+    """`_identify` for a received file, read through a memory map: only the pages the header walk
+    touches are read, whatever the size of the pixel data."""
+    with path.open("rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise ValueError("empty dataset")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            return _identify(view)  # type: ignore[arg-type]
+
+
 def _check_pixels(data: bytes, position: int, *, implicit: bool) -> None:
     if implicit:
         length, start = int.from_bytes(data[position + 4 : position + 8], "little"), position + 8
@@ -559,13 +695,22 @@ def _check_pixels(data: bytes, position: int, *, implicit: bool) -> None:
     if start > len(data):
         raise ValueError("pixel data element cut in its header")
     if length == _UNDEFINED:
-        _check_fragments(data[start:])
+        with memoryview(data) as view:  # no copy of the pixel data
+            _check_fragments(view[start:])  # type: ignore[arg-type]
     elif start + length > len(data):
         raise ValueError("pixel data shorter than its declared length")
 
 
+def _stream(data: bytes) -> Any:
+    """A file-like over `data` for pydicom: the memory map itself (no copy), or a BytesIO."""
+    if isinstance(data, mmap.mmap):
+        data.seek(0)
+        return data
+    return io.BytesIO(data)
+
+
 def _check_by_full_parse(data: bytes) -> None:
-    ds = dcmread(io.BytesIO(data))
+    ds = dcmread(_stream(data))
     if _PIXEL_DATA in ds:
         pixels = ds.get_item(_PIXEL_DATA)
         length = getattr(pixels, "length", None)

@@ -101,6 +101,50 @@ class Spool:
         finally:
             os.close(fd)  # closing releases the lock
 
+    def store_file(self, sop_key: str, received: Path) -> Path:
+        """Move a received file (on the spool's file system) into the spool durably: linked under
+        a temporary name, fsync'd, renamed, the folder fsync'd. Copied when it is elsewhere."""
+        path = self.path_of(sop_key)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.parent / f".tmp-{os.getpid()}-{received.name}"
+        try:
+            try:
+                os.link(received, tmp)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.copyfile(received, tmp)
+            os.chmod(tmp, 0o600)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            sync_dir(path.parent)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(exc.errno, "no space left for the spool") from None
+            raise
+        return path
+
+    def room_while_receiving(self, incoming: int, next_bytes: int, used: int) -> str | None:
+        """While an instance arrives (its bytes so far already on this disk): why it cannot be
+        kept, or None. The quota counts it whole; the floor counts what is still to be written."""
+        if used + incoming > self.quota_bytes:
+            return "spool quota reached"
+        if shutil.disk_usage(self.directory).free - next_bytes < self.min_free_bytes:
+            return "disk free space under the configured floor"
+        return None
+
+    def check_received(self, size: int, used: int) -> None:
+        """A received instance, already on this disk in a temporary file, may join the spool."""
+        if used + size > self.quota_bytes:
+            raise NoSpace(errno.EDQUOT, "spool quota reached")
+        if shutil.disk_usage(self.directory).free < self.min_free_bytes:
+            raise NoSpace(errno.ENOSPC, "disk free space under the configured floor")
+
     def store(self, sop_key: str, data: bytes) -> Path:
         path = self.path_of(sop_key)
         save_file(path, data)
