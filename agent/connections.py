@@ -68,6 +68,10 @@ class BoundedSocket(AssociationSocket):
             data = self._read(nr_bytes, deadline)
             self._type = data[0] if data else 0
             self._header_next = False
+            if data and first and self._type != 0x01:
+                self._refuse(f"PDU type 0x{self._type:02X} where an association request must come first")
+            if data and not 0x01 <= self._type <= 0x07:
+                self._refuse(f"unknown PDU type 0x{self._type:02X}")  # garbage: read no further
             return data
         self._header_next = True
         self._pdus += 1

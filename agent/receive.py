@@ -328,6 +328,7 @@ class Receiver:
         return True
 
     def _on_connection_closed(self, event: Any) -> None:
+        _drop_partial(event.assoc)  # an instance cut off mid-way: its temporary file goes too
         with self._lock:
             counted = id(event.assoc) in self._counted
             self._counted.discard(id(event.assoc))
@@ -675,6 +676,20 @@ def _cut_back(assoc: Any) -> None:
         handle.flush()
         handle.seek(0)
         handle.truncate(0)
+
+
+def _drop_partial(assoc: Any) -> None:
+    """Delete the temporary file of a dataset whose association ended before it was whole
+    (pynetdicom leaves it: it deletes the file only after a C-STORE handler has run)."""
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    handle = getattr(message, "_data_set_file", None)
+    if handle is None:
+        return
+    try:
+        handle.close()
+        os.unlink(handle.name)
+    except OSError:
+        pass  # gone already: a C-STORE that completed
 
 
 def _identify_file(path: Path) -> tuple[str, str, str]:
