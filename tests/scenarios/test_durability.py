@@ -49,7 +49,10 @@ def test_kill_9_while_receiving(tmp_path: Path) -> None:
                                str(agent.port), *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, env=env)
     # 11 spooled means at least 10 answered: one association has at most one instance in flight.
-    wait_for(lambda: len(list((tmp_path / "agent" / "spool").rglob("*.dcm"))) >= 11, 60, 0.005, "11 spooled instances")
+    # (An instance still arriving is in the spool's .incoming folder, not yet spooled.)
+    spool = tmp_path / "agent" / "spool"
+    wait_for(lambda: len([p for p in spool.rglob("*.dcm") if ".incoming" not in p.parts]) >= 11, 60, 0.005,
+             "11 spooled instances")
     agent.kill()
     output, _ = sender.communicate(timeout=60)
     acknowledged = acknowledged_uids(output, files)

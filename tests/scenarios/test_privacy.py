@@ -60,3 +60,30 @@ def test_a_path_of_another_user_stops_the_start_naming_it(tmp_path: Path) -> Non
                          capture_output=True, text=True, timeout=60, cwd=agent.root)
     assert run.returncode == 2
     assert f"{outbox}: owned by user id 65534" in run.stderr
+
+
+def test_a_non_conformant_uid_a_sender_built_from_an_accession_is_never_logged(tmp_path: Path) -> None:
+    """Some PACS build UIDs from accession numbers, and pydicom and pynetdicom quote a UID they
+    find wrong: the agent's log (stdout and stderr) carries neither the UID nor the number."""
+    import warnings
+
+    from pynetdicom import AE
+
+    accession = "ACC55544433"
+    study = make_study(Patient(accession=accession), n_series=1, n_per_series=1, plant=False)
+    ds = study[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{accession}"
+        ds.StudyInstanceUID = f"1.2.826.0.1.3680043.8.498.{accession}.1"
+        with Daemon(tmp_path / "agent") as agent:
+            ae = AE(ae_title="PYNETDICOM")
+            ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+            assoc = ae.associate("127.0.0.1", agent.port, ae_title="NMIP_AGENT")
+            assert assoc.is_established
+            status = assoc.send_c_store(ds)
+            assoc.release()
+            agent.wait_queued(1)
+            log = agent.log_text()
+    assert status is not None
+    assert accession not in log and accession[3:] not in log
