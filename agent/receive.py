@@ -132,11 +132,27 @@ class ReceiverShared:
 
 
 _YIELD_S = 0.003
+_REFUSAL_LOG_S = 10.0
 
 
 def _server_class(listener: socket.socket, shared: ReceiverShared, index: int,
                   config: ReceiveConfig) -> type[ThreadedAssociationServer]:
     allowed = {p.address for p in config.allowed_peers}
+    logged: dict[str, tuple[float, int, set[str]]] = {}  # reason -> (last logged, refused since, addresses since)
+
+    def log_refused(address: str, reason: str) -> None:
+        """At most one line per reason every 10 s, with how many were refused since and from
+        which addresses (the first few): a flood of connections is not a flood of log lines."""
+        now = time.monotonic()
+        last, count, addresses = logged.get(reason, (-_REFUSAL_LOG_S, 0, set()))
+        if len(addresses) < 8:
+            addresses.add(address)
+        if now - last < _REFUSAL_LOG_S:
+            logged[reason] = (last, count + 1, addresses)
+            return
+        logged[reason] = (now, 0, set())
+        _log.warning("connection_refused", reason=reason, address=address, refused_since_last=count,
+                     addresses_since_last=sorted(addresses - {address}))
 
     class SharedListenerServer(ThreadedAssociationServer):
         """pynetdicom's server, accepting on a socket bound by the daemon instead of its own.
@@ -154,7 +170,7 @@ def _server_class(listener: socket.socket, shared: ReceiverShared, index: int,
             refused = shared.admit(str(address[0]), index, config, str(address[0]) in allowed)
             if refused is not None:
                 request.close()
-                _log.warning("connection_refused", address=str(address[0]), reason=refused)
+                log_refused(str(address[0]), refused)
                 raise ConnectionRefusedError(refused)  # socketserver drops it and waits for the next
             return request, address
 

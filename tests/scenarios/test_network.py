@@ -204,6 +204,10 @@ def test_silent_connections_never_lock_the_pacs_out(agent: Daemon, pacs_sends: C
         pacs_sends()
     assert still == [], f"{len(still)} silent connections outlived the 3 s request deadline"
     assert_bounded(watch)
+    again = attacker(agent, "127.0.0.2")  # every count was given back: the address may connect again
+    assert not closed_within(again, 0.5)
+    again.close()
+    assert agent.log_text().count('"connection_refused"') < 50  # one line per address per 10 s
 
 
 def test_trickling_half_requests_are_closed_at_the_deadline(agent: Daemon, pacs_sends: Callable[[], None]) -> None:
