@@ -94,7 +94,6 @@ class BoundedSocket(AssociationSocket):
         sock = self.socket
         assert sock is not None
         data = bytearray()
-        previous = sock.gettimeout()
         try:
             while len(data) < nr_bytes:
                 remaining = deadline - time.monotonic()
@@ -110,8 +109,8 @@ class BoundedSocket(AssociationSocket):
                     break
                 data.extend(chunk)
         finally:
-            try:
-                sock.settimeout(previous)
+            try:  # also bounds what the agent sends: a peer that stops reading cannot hold a thread
+                sock.settimeout(self.network_timeout_s)
             except OSError:
                 pass
         return data
@@ -123,7 +122,8 @@ class BoundedSocket(AssociationSocket):
 
 
 def bounded_handler(*, request_timeout_s: float, network_timeout_s: float, max_pdu_bytes: int,
-                    budget: DataBudget | None, on_refused: Callable[[Any, str], None] | None) -> type[RequestHandler]:
+                    budget: DataBudget | None, on_refused: Callable[[Any, str], None] | None,
+                    on_association: Callable[[socket.socket, Any], None] | None = None) -> type[RequestHandler]:
     """pynetdicom's request handler, giving each association a `BoundedSocket` with these bounds."""
     socket_class = type("ReceiverSocket", (BoundedSocket,), {
         "request_timeout_s": request_timeout_s, "network_timeout_s": network_timeout_s,
@@ -141,6 +141,8 @@ def bounded_handler(*, request_timeout_s: float, network_timeout_s: float, max_p
             assoc._server = self.server
             assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
             assoc.set_socket(socket_class(assoc, client_socket=self.request))
+            if on_association is not None:
+                on_association(self.request, assoc)
             assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
             assoc.acceptor.ae_title = self.server.ae_title
             assoc.acceptor.address_info = self.local

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import warnings
 from typing import Any
 
@@ -41,6 +42,7 @@ def configure(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(numeric)
     warnings.showwarning = _show_warning
+    threading.excepthook = _thread_failed
     # pynetdicom logs each DIMSE message, with UIDs, at INFO and DEBUG; httpx logs each request's
     # URL at INFO and httpcore/h2/hpack trace headers (the bearer token) at DEBUG: warnings only.
     for name in ("pynetdicom", "httpx", "httpcore", "h2", "hpack"):
@@ -59,7 +61,7 @@ _QUOTING = ("pydicom", "pynetdicom", "py.warnings")
 def _withhold_library_text(record: logging.LogRecord) -> bool:
     """A library record keeps its level, logger and where it came from, never its text or its
     exception's (which may quote a value); the agent's own events say what happened."""
-    if record.name.split(".")[0] in _QUOTING:
+    if record.name.startswith(_QUOTING):
         record.msg = f"library_message from {record.name}:{record.funcName} (text withheld: it may quote what a sender sent)"
         record.args = ()
         record.exc_info = None
@@ -74,6 +76,13 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     module = filename.rsplit("site-packages/", 1)[-1]
     structlog.get_logger("warnings").warning("library_warning", category=category.__name__,
                                              where=f"{module}:{lineno}")
+
+
+def _thread_failed(args: threading.ExceptHookArgs) -> None:
+    """An exception that ends a thread (a library's, pynetdicom's reader): its type and the
+    thread, never its text or traceback, which may quote what a sender sent."""
+    structlog.get_logger("threads").error("thread_failed", thread=getattr(args.thread, "name", None),
+                                          error=getattr(args.exc_type, "__name__", "unknown"))
 
 
 def get(name: str) -> Any:

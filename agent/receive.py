@@ -21,6 +21,7 @@ import struct
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any
@@ -59,7 +60,7 @@ _log = log.get("receive")
 #: extended and lossless, JPEG-LS, JPEG 2000. Offering pynetdicom's 45 for 170 storage classes
 #: made every association copy 7,650 contexts (66 ms before the first instance).
 TRANSFER_SYNTAXES = [
-    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1",
     "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
     "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90",
     "1.2.840.10008.1.2.4.91",
@@ -107,7 +108,10 @@ class ReceiverShared:
                 if sum(self.foreign[:]) >= config.max_connections:
                     return "max_connections reached"
                 self.foreign[index] += 1
-        if not self.addresses.admit(address, index, config.max_connections_per_address):
+        # An allowed peer may always open as many connections as it may have associations.
+        cap = max(config.max_connections_per_address, config.max_associations + 2) if allowed \
+            else config.max_connections_per_address
+        if not self.addresses.admit(address, index, cap):
             if not allowed:
                 with self.foreign.get_lock():
                     self.foreign[index] -= 1
@@ -132,12 +136,13 @@ class ReceiverShared:
 
 
 _YIELD_S = 0.003
+_REAP_S = 2.0
+_STALE_INCOMING_S = 300.0  # an unfinished dataset's file nobody has written for this long is dropped
 _REFUSAL_LOG_S = 10.0
 
 
 def _server_class(listener: socket.socket, shared: ReceiverShared, index: int,
-                  config: ReceiveConfig) -> type[ThreadedAssociationServer]:
-    allowed = {p.address for p in config.allowed_peers}
+                  receiver: "Receiver") -> type[ThreadedAssociationServer]:
     logged: dict[str, tuple[float, int, set[str]]] = {}  # reason -> (last logged, refused since, addresses since)
 
     def log_refused(address: str, reason: str) -> None:
@@ -167,7 +172,7 @@ def _server_class(listener: socket.socket, shared: ReceiverShared, index: int,
             if shared.busier_than_another(index):
                 time.sleep(_YIELD_S)
             request, address = super().get_request()  # BlockingIOError (an OSError) if another took it
-            refused = shared.admit(str(address[0]), index, config, str(address[0]) in allowed)
+            refused = receiver.admit_connection(request, str(address[0]))
             if refused is not None:
                 request.close()
                 log_refused(str(address[0]), refused)
@@ -213,8 +218,11 @@ class Receiver:
         self._spool_used = state.spool_bytes()
         self._spool_read_at = time.monotonic()
         self._server: Any = None
+        self._connections: dict[int, _Connection] = {}  # id(client socket) -> what it holds
+        self._stopping = threading.Event()
         self._incoming: dict[int, int] = {}  # id(assoc) -> bytes of P-DATA since its last C-STORE
-        self._discarding: dict[int, str] = {}  # id(assoc) -> why its instance in progress is not kept
+        # id(assoc) -> why its instance in progress is not kept, and that instance's temporary file
+        self._discarding: dict[int, tuple[str, str | None]] = {}
         self._open = 0  # associations open here, when there is no shared count (one process)
         self._allowed_addresses = {p.address for p in config.allowed_peers}
         self.ae = self._make_ae()
@@ -237,7 +245,85 @@ class Receiver:
     def _request_handler(self) -> Any:
         return bounded_handler(request_timeout_s=self.config.association_request_timeout_s,
                                network_timeout_s=self.config.network_timeout_s, max_pdu_bytes=self.config.max_pdu_bytes,
-                               budget=self._admit_data, on_refused=self._on_bound_broken)
+                               budget=self._admit_data, on_refused=self._on_bound_broken,
+                               on_association=self._attach)
+
+    # -- what each connection holds, given back once whatever ends it -----------------------------
+
+    def admit_connection(self, sock: socket.socket, address: str) -> str | None:
+        """A connection just accepted: counted against its caps (None), or why it is refused."""
+        allowed = address in self._allowed_addresses
+        if self.shared is not None:
+            refused = self.shared.admit(address, self.index, self.config, allowed)
+            if refused is not None:
+                return refused
+        with self._lock:
+            self._connections[id(sock)] = _Connection(sock, address, allowed, time.monotonic())
+        return None
+
+    def _attach(self, sock: socket.socket, assoc: Any) -> None:
+        with self._lock:
+            connection = self._connections.get(id(sock))
+            if connection is not None:
+                connection.assoc = assoc
+
+    def _release(self, connection: "_Connection") -> None:
+        """Give back what a connection held, once: its caps, its association slot, the temporary
+        file of an instance it left unfinished. From EVT_CONN_CLOSE or, when pynetdicom's thread
+        ended another way (an exception, an abort it sent itself), from `_reap`."""
+        with self._lock:
+            if connection.released:
+                return
+            connection.released = True
+            self._connections.pop(id(connection.sock), None)
+            assoc = connection.assoc
+            counted = assoc is not None and id(assoc) in self._counted
+            if assoc is not None:
+                self._counted.discard(id(assoc))
+                self._incoming.pop(id(assoc), None)
+                self._discarding.pop(id(assoc), None)
+            if counted and self.shared is None:
+                self._open -= 1
+        if assoc is not None:
+            _drop_partial(assoc)
+        if self.shared is None:
+            return
+        self.shared.release(connection.address, self.index, connection.allowed)
+        if counted:
+            with self.shared.associations.get_lock():
+                self.shared.associations[self.index] -= 1
+
+    def _reap(self) -> None:
+        """Every few seconds: release connections whose association thread has ended (or that
+        never got one and are closed), and delete temporary files nobody is writing any more."""
+        while not self._stopping.wait(_REAP_S):
+            try:
+                self._reap_once()
+            except Exception as exc:  # the next round tries again
+                _log.error("receiver_reap_failed", error=type(exc).__name__)
+
+    def _reap_once(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            connections = list(self._connections.values())
+        for connection in connections:
+            if now - connection.accepted_at < _REAP_S:
+                continue
+            ended = (connection.assoc is not None and not connection.assoc.is_alive()) or \
+                    (connection.assoc is None and connection.sock.fileno() == -1)
+            if ended:
+                self._release(connection)
+        incoming = Path(tempfile.gettempdir())
+        if incoming.name != str(self.index) or incoming.parent.name != INCOMING:
+            return  # not this process's own folder (one process, tests): nothing to sweep
+        with self._lock:
+            live = {_current_file(c.assoc) for c in self._connections.values() if c.assoc is not None}
+        for path in incoming.iterdir():
+            try:
+                if str(path) not in live and time.time() - path.stat().st_mtime > _STALE_INCOMING_S:
+                    path.unlink()
+            except OSError:
+                pass
 
     def _admit_data(self, assoc: Any, nbytes: int) -> str | None:
         """Checked before each P-DATA PDU is read. Past `limits.max_instance_mb` the association
@@ -256,7 +342,7 @@ class Receiver:
             if why is None:
                 return None
             with self._lock:
-                self._discarding[id(assoc)] = why
+                self._discarding[id(assoc)] = (why, _current_file(assoc))
         _cut_back(assoc)
         return None
 
@@ -279,17 +365,27 @@ class Receiver:
         ]
         address = (self.config.bind_address, self.config.port)
         if self.listener is None or self.shared is None:
-            self._server = self.ae.make_server(address, evt_handlers=handlers, server_class=ThreadedAssociationServer,
+            receiver = self
+
+            class OwnServer(ThreadedAssociationServer):
+                def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+                    request, peer = super().get_request()
+                    receiver.admit_connection(request, str(peer[0]))  # one process: counted, never capped
+                    return request, peer
+
+            self._server = self.ae.make_server(address, evt_handlers=handlers, server_class=OwnServer,
                                                request_handler=self._request_handler())
             threading.Thread(target=self._server.serve_forever, name="acceptor", daemon=True).start()
+            threading.Thread(target=self._reap, name="reaper", daemon=True).start()
             self.ae._servers.append(self._server)
             _log.info("receiver_listening", ae_title=self.config.ae_title, address=self.config.bind_address,
                       port=self.port)
             return
-        server_class = _server_class(self.listener, self.shared, self.index, self.config)
+        server_class = _server_class(self.listener, self.shared, self.index, self)
         self._server = self.ae.make_server(address, evt_handlers=handlers, server_class=server_class,
                                            request_handler=self._request_handler())
         threading.Thread(target=self._server.serve_forever, name="acceptor", daemon=True).start()
+        threading.Thread(target=self._reap, name="reaper", daemon=True).start()
         self.ae._servers.append(self._server)
 
     @property
@@ -300,6 +396,7 @@ class Receiver:
         """Stop accepting, then abort associations still open: an instance they had not been told
         was stored is resent by the PACS, and one still waiting for its first PDU would otherwise
         hold the shutdown for the whole ACSE timeout."""
+        self._stopping.set()
         server, self._server = self._server, None
         if server is not None:
             server.socket.close()  # refuse new connections at once
@@ -344,21 +441,12 @@ class Receiver:
         return True
 
     def _on_connection_closed(self, event: Any) -> None:
-        _drop_partial(event.assoc)  # an instance cut off mid-way: its temporary file goes too
         with self._lock:
-            counted = id(event.assoc) in self._counted
-            self._counted.discard(id(event.assoc))
-            self._incoming.pop(id(event.assoc), None)
-            self._discarding.pop(id(event.assoc), None)
-            if counted and self.shared is None:
-                self._open -= 1
-        if self.shared is None:
-            return
-        address = str(event.assoc.requestor.address)
-        self.shared.release(address, self.index, address in self._allowed_addresses)
-        if counted:
-            with self.shared.associations.get_lock():
-                self.shared.associations[self.index] -= 1
+            connection = next((c for c in self._connections.values() if c.assoc is event.assoc), None)
+        if connection is not None:
+            self._release(connection)
+        else:
+            _drop_partial(event.assoc)
 
     def _on_established(self, event: Any) -> None:
         with self._lock:
@@ -390,11 +478,16 @@ class Receiver:
         The dataset is in a temporary file on the spool's file system (written as it arrived):
         it is read through a memory map (its header only, in practice) and linked into the spool.
         """
+        path = getattr(event.request, "_dataset_path", None)
         with self._lock:
             self._incoming[id(event.assoc)] = 0  # the next instance's bytes count from here
-            discarded = self._discarding.pop(id(event.assoc), None)
+            discarded = self._discarding.get(id(event.assoc))
+            if discarded is not None and discarded[1] in (None, str(path)):  # this instance's, not the next one's
+                del self._discarding[id(event.assoc)]
+            else:
+                discarded = None
         if discarded is not None:
-            _log.warning("instance_refused", status="0xA700", reason=discarded)
+            _log.warning("instance_refused", status="0xA700", reason=discarded[0])
             return OUT_OF_RESOURCES
         try:
             received = Path(event.dataset_path)
@@ -440,9 +533,14 @@ def _receiver_main(config: Config, listener: socket.socket, parent_pid: int, sha
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     log.configure(config.log.level)
-    incoming = config.spool.directory / INCOMING  # datasets as they arrive, on the spool's file system
+    # Datasets as they arrive, on the spool's file system, in this process's own folder: emptied
+    # now (whatever a process before it left there was never acknowledged).
+    incoming = config.spool.directory / INCOMING / str(index)
     incoming.mkdir(parents=True, exist_ok=True, mode=0o700)
-    incoming.chmod(0o700)
+    for folder in (incoming.parent, incoming):
+        folder.chmod(0o700)
+    for leftover in incoming.iterdir():
+        leftover.unlink(missing_ok=True)
     tempfile.tempdir = str(incoming)
     state = State(config.pipeline.database)
     names = Pseudonymiser(load_key_file(config.pipeline.key_file), PseudonymSettings())
@@ -621,6 +719,8 @@ def _walk(data: bytes, position: int, found: dict[tuple[int, int], str], *, top:
         if start + length > end:
             raise _Unsure  # cut short
         if top and tag in _NAMED:
+            if length > 66:  # a UID is at most 64 characters (and its padding): never copy more
+                raise ValueError("a UID longer than 64 characters")
             found[tag] = data[start:start + length].rstrip(b"\0 ").decode("ascii")
         position = start + length
     if not top:
@@ -694,6 +794,22 @@ def _cut_back(assoc: Any) -> None:
         handle.truncate(0)
 
 
+@dataclass
+class _Connection:
+    sock: socket.socket
+    address: str
+    allowed: bool  # from an allowed peer's address: not counted against max_connections
+    accepted_at: float
+    assoc: Any = None
+    released: bool = False
+
+
+def _current_file(assoc: Any) -> str | None:
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    handle = getattr(message, "_data_set_file", None)
+    return None if handle is None else str(handle.name)
+
+
 def _drop_partial(assoc: Any) -> None:
     """Delete the temporary file of a dataset whose association ended before it was whole
     (pynetdicom leaves it: it deletes the file only after a C-STORE handler has run)."""
@@ -703,6 +819,9 @@ def _drop_partial(assoc: Any) -> None:
         return
     try:
         handle.close()
+    except OSError:
+        pass
+    try:
         os.unlink(handle.name)
     except OSError:
         pass  # gone already: a C-STORE that completed
@@ -727,7 +846,11 @@ def _check_pixels(data: bytes, position: int, *, implicit: bool) -> None:
         raise ValueError("pixel data element cut in its header")
     if length == _UNDEFINED:
         with memoryview(data) as view:  # no copy of the pixel data
-            _check_fragments(view[start:])  # type: ignore[arg-type]
+            tail = view[start:]
+            try:
+                _check_fragments(tail)  # type: ignore[arg-type]
+            finally:
+                tail.release()  # before the memory map closes, whatever was raised
     elif start + length > len(data):
         raise ValueError("pixel data shorter than its declared length")
 

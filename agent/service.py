@@ -59,7 +59,11 @@ def check_private(config: Config) -> None:
             raise NotPrivate(f"{path}: owned by user id {st.st_uid}, not the agent's ({os.geteuid()}): it holds "
                              f"identifiable data; chown it to the agent's user")
         if stat.S_IMODE(st.st_mode) & 0o077:
-            path.chmod(mode)
+            try:
+                path.chmod(mode)
+            except OSError as exc:
+                raise NotPrivate(f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets other users in and cannot be "
+                                 f"changed ({exc.strerror}): it holds identifiable data; make it {mode:04o}") from None
             _log.warning("private_path_mode_fixed", path=str(path), was=f"{stat.S_IMODE(st.st_mode):04o}",
                          now=f"{mode:04o}")
 

@@ -67,6 +67,7 @@ class DropFolder:
         self.stable_s = stable_s
         self._seen: dict[str, tuple[int, int, float]] = {}  # name -> size, mtime_ns, unchanged since
         self._inodes: dict[str, tuple[int, int]] = {}  # name -> (st_dev, st_ino) when last listed
+        self._skipped: set[str] = set()  # names skipped and said so once
         self._observer: BaseObserver | None = None
         self._handler: _Wake | None = None
         self._wake: Callable[[], None] | None = None
@@ -103,6 +104,10 @@ class DropFolder:
             except FileNotFoundError:  # taken away between the listing and now
                 continue
             if st.st_nlink != 1:  # a hard link: the same data is reachable elsewhere; never taken
+                if name not in self._skipped:
+                    self._skipped.add(name)
+                    _log.warning("clinical_file_skipped", reason="a hard link (more than one name for its data):"
+                                 " copy the export into the drop folder instead")
                 continue
             self._inodes[name] = (st.st_dev, st.st_ino)
             if name + MARKER_SUFFIX in files or self._stable(name, st.st_size, st.st_mtime_ns, now):
@@ -163,22 +168,24 @@ class DropFolder:
         """Rename `path` (the file open as `fd`) to `target`, or copy what `fd` reads there when
         the target is on another file system; either way only the file that was read."""
         mine = os.fstat(fd)
+        taking = target.parent / f".taking-{os.getpid()}-{target.name}"
         try:
-            os.rename(path, target)
+            os.link(path, taking, follow_symlinks=False)  # a second name, checked before it counts
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
             os.lseek(fd, 0, os.SEEK_SET)
             with os.fdopen(os.dup(fd), "rb") as fh:
                 save_file(target, fh.read(), mode=0o600)
-            now = os.lstat(path)
-            if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
-                path.unlink()
-            return
-        moved = os.lstat(target)
-        if (moved.st_dev, moved.st_ino) != (mine.st_dev, mine.st_ino):
-            os.rename(target, path)  # swapped in between: not ours to keep
-            raise OSError(errno.EPERM, "the dropped file was replaced while it was taken")
+        else:
+            linked = os.lstat(taking)
+            if (linked.st_dev, linked.st_ino) != (mine.st_dev, mine.st_ino):
+                taking.unlink()  # swapped in between: not ours to keep, and nothing overwritten
+                raise OSError(errno.EPERM, "the dropped file was replaced while it was taken")
+            os.replace(taking, target)
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+            path.unlink()
 
     def watch(self, wake: Callable[[], None]) -> None:
         """Call `wake` (from watchdog's thread) whenever something in the folder changes."""

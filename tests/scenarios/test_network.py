@@ -114,6 +114,24 @@ def send_until_closed(sock: socket.socket, chunk: bytes, limit: int) -> int:
     return sent
 
 
+def store_command(context: int, sop_instance_uid: str = "1.2.826.0.1.3680043.8.498.99") -> bytes:
+    """A P-DATA-TF PDU holding a whole C-STORE-RQ command set on presentation context `context`."""
+    command = Dataset()
+    command.AffectedSOPClassUID, command.CommandField, command.MessageID = CT_IMAGE_STORAGE, 0x0001, 1
+    command.Priority, command.CommandDataSetType = 0, 0x0000
+    command.AffectedSOPInstanceUID = sop_instance_uid
+    encoded = encode(command, True, True)
+    assert encoded is not None
+    group_length = struct.pack("<HHLL", 0x0000, 0x0000, 4, len(encoded))
+    pdv = bytes([context, 0x03]) + group_length + encoded
+    return struct.pack(">BBL", 0x04, 0, 4 + len(pdv)) + struct.pack(">L", len(pdv)) + pdv
+
+
+def data_fragment(context: int, data: bytes, *, last: bool) -> bytes:
+    pdv = bytes([context, 0x02 if last else 0x00]) + data
+    return struct.pack(">BBL", 0x04, 0, 4 + len(pdv)) + struct.pack(">L", len(pdv)) + pdv
+
+
 def assert_bounded(watch: Watch) -> None:
     over = {name: mb for name, mb in watch.peak.items() if mb >= RSS_LIMIT_MB}
     assert not over, f"agent processes over {RSS_LIMIT_MB} MB resident: {over}"
@@ -138,17 +156,9 @@ def test_an_allowed_sender_streaming_oversized_fragments_is_cut_off(agent: Daemo
     assoc = ae.associate("127.0.0.1", agent.port, ae_title="NMIP_AGENT")
     assert assoc.is_established
     context = assoc.accepted_contexts[0].context_id
-    command = Dataset()
-    command.AffectedSOPClassUID, command.CommandField, command.MessageID = CT_IMAGE_STORAGE, 0x0001, 1
-    command.Priority, command.CommandDataSetType = 0, 0x0000
-    command.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.99"
-    encoded = encode(command, True, True)
-    assert encoded is not None
-    group_length = struct.pack("<HHLL", 0x0000, 0x0000, 4, len(encoded))
-    pdv = bytes([context, 0x03]) + group_length + encoded
     raw = assoc.dul.socket.socket
     with Watch(agent) as watch:
-        raw.sendall(struct.pack(">BBL", 0x04, 0, 4 + len(pdv)) + struct.pack(">L", len(pdv)) + pdv)
+        raw.sendall(store_command(context))
         fragment = bytes([context, 0x00]) + b"\0" * (16 << 20)
         pdu = struct.pack(">BBL", 0x04, 0, 4 + len(fragment)) + struct.pack(">L", len(fragment)) + fragment
         sent = 0
@@ -178,7 +188,7 @@ def test_an_instance_past_max_instance_mb_is_cut_off_as_it_arrives(agent: Daemon
     assert sent.returncode != 0 or "Success" not in sent.stdout + sent.stderr
     assert_bounded(watch)
     incoming = agent.root / "spool" / ".incoming"
-    assert sum(p.stat().st_size for p in incoming.iterdir()) < 1 << 20
+    assert sum(p.stat().st_size for p in incoming.rglob("*") if p.is_file()) < 1 << 20
 
 
 def test_silent_connections_never_lock_the_pacs_out(agent: Daemon, pacs_sends: Callable[[], None]) -> None:
@@ -261,3 +271,30 @@ def test_garbage_and_query_retrieve_requests_change_nothing(agent: Daemon, pacs_
                 assoc.release()
         pacs_sends()
     assert_bounded(watch)
+
+
+def test_associations_that_break_pynetdicom_give_back_what_they_held(agent: Daemon, pacs_sends: Callable[[], None]) -> None:
+    """Twelve associations from the allowed peer (more than max_associations, 8) each send a
+    C-STORE on a presentation context that was never accepted, half its data, then vanish:
+    pynetdicom's reader fails without the usual close event. Their association slots and caps
+    are given back, their temporary files deleted, and the PACS is still served."""
+    with Watch(agent) as watch:
+        for n in range(12):
+            ae = AE(ae_title="PYNETDICOM")
+            ae.add_requested_context(CT_IMAGE_STORAGE, EXPLICIT_LE)
+            assoc = ae.associate("127.0.0.1", agent.port, ae_title="NMIP_AGENT")
+            assert assoc.is_established, n
+            raw = assoc.dul.socket.socket
+            context = assoc.accepted_contexts[0].context_id
+            try:
+                raw.sendall(store_command(context + 2 if n % 2 else context))  # odd: a context never accepted
+                raw.sendall(data_fragment(context, b"\0" * 60_000, last=False))
+            except OSError:
+                pass
+            raw.close()
+            assoc.kill()
+        time.sleep(5)  # the receivers' reaper runs every 2 s
+        pacs_sends()
+    assert_bounded(watch)
+    incoming = agent.root / "spool" / ".incoming"
+    assert [p for p in incoming.rglob("*") if p.is_file()] == []
