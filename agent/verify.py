@@ -29,8 +29,9 @@ from agent.elements import Unsure, walk
 from agent.quarantine import Reason, Refusal
 
 #: Modalities whose pixels usually carry burned-in text (ultrasound, secondary capture, external
-#: camera, endoscopy, other). Refused until a pixel rule has masked them.
-BURNED_IN_RISK_MODALITIES = frozenset({"US", "SC", "XC", "ES", "OT"})
+#: camera, endoscopy, other; mammography, whose labels can name the patient or the site). Refused
+#: until a pixel rule has masked them.
+BURNED_IN_RISK_MODALITIES = frozenset({"US", "SC", "XC", "ES", "OT", "MG"})
 _SECONDARY_CAPTURE = re.compile(r"^1\.2\.840\.10008\.5\.1\.4\.1\.1\.7(\.\d)?$")
 _ENCAPSULATED = re.compile(r"^1\.2\.840\.10008\.5\.1\.4\.1\.1\.104\.\d+$")
 ENCAPSULATED_DOCUMENT = 0x00420011

@@ -49,7 +49,12 @@ METHOD_CODES: dict[str, tuple[str, str]] = {
 
 _MANIFEST_KEYS = {"name", "version", "description", "recipes", "pseudonym", "sop_classes", "vocabulary", "exclude"}
 _PSEUDONYM_KEYS = {"prefix", "length", "date_shift_days"}
-_STORAGE_NAMES = {info[0]: uid for uid, info in UID_dictionary.items() if info[1] == "SOP Class"}
+#: SOP class name -> its UIDs: a name can have two (a retired and a current Ultrasound, Nuclear
+#: Medicine or Ultrasound Multi-frame Image Storage), and a profile that names it takes both.
+_STORAGE_NAMES: dict[str, set[str]] = {}
+for _uid, _info in UID_dictionary.items():
+    if _info[1] == "SOP Class":
+        _STORAGE_NAMES.setdefault(_info[0], set()).add(_uid)
 
 
 @dataclass(frozen=True)
@@ -248,15 +253,15 @@ def _vocabulary(value: Any, manifest: Path) -> frozenset[str]:
 def _sop_classes(value: Any, manifest: Path) -> frozenset[str]:
     """Accepted SOP classes: UIDs or pydicom names; `all-storage` is every storage class pydicom knows."""
     if value == "all-storage":  # every class but encapsulated documents: nothing can clean a PDF's text
-        return frozenset(uid for name, uid in _STORAGE_NAMES.items()
-                         if name.endswith("Storage") and not name.startswith("Encapsulated"))
+        return frozenset(uid for name, uids in _STORAGE_NAMES.items()
+                         if name.endswith("Storage") and not name.startswith("Encapsulated") for uid in uids)
     if not isinstance(value, list) or not value:
         raise ProfileError(f"{manifest}: sop_classes: 'all-storage' or a list of SOP Class UIDs or names")
     out = set()
     for item in value:
         text = str(item).strip()
-        uid = _STORAGE_NAMES.get(text, text)
-        if uid not in UID_dictionary or UID_dictionary[uid][1] != "SOP Class":
+        uids = _STORAGE_NAMES.get(text, {text})
+        if any(uid not in UID_dictionary or UID_dictionary[uid][1] != "SOP Class" for uid in uids):
             raise ProfileError(f"{manifest}: sop_classes: {text!r} is not a SOP Class UID or name pydicom knows")
-        out.add(uid)
+        out |= uids
     return frozenset(out)
