@@ -155,6 +155,17 @@ def quarantine_source(folder: Path, opaque: str, data: bytes, refusal: Refusal, 
     return record.stem
 
 
+def quarantine_file(job: Job, profile: str, names: Pseudonymiser, path: str, refusal: Refusal, *, kind: str,
+                    series: str, undo: bool = False) -> FileReport:
+    """Quarantine a file of the run by its path (the parent's decisions: duplicates, held series,
+    a file that killed its worker), named by a keyed hash of `kind` and its bytes."""
+    data = Path(path).read_bytes()
+    opaque = names.opaque_name(f"{kind}|{hashlib.sha256(data).hexdigest()}")
+    quarantine(job.quarantine_dir, opaque, data, refusal, profile=profile)
+    return FileReport(path, "quarantined", f"{refusal.reason.value}: {refusal.detail}", output=opaque,
+                      digest="undo" if undo else "", series=series)
+
+
 class Duplicates:
     """Files of one run that share a SOP Instance UID (so an output path): never one over another.
 
@@ -189,18 +200,12 @@ class Duplicates:
         return reports
 
     def _remove_output(self, output: str) -> None:
-        try:
-            (self.job.output_dir / output).unlink()
-        except FileNotFoundError:
-            pass
+        (self.job.output_dir / output).unlink(missing_ok=True)
 
     def _quarantined(self, path: str, series: str, *, undo: bool = False) -> FileReport:
         refusal = Refusal(Reason.DUPLICATE_SOP_INSTANCE, "another file of this run has the same SOP Instance UID and other bytes")
-        data = Path(path).read_bytes()
-        opaque = self.names.opaque_name(f"duplicate|{hashlib.sha256(data).hexdigest()}")
-        quarantine(self.job.quarantine_dir, opaque, data, refusal, profile=self.profile)
-        return FileReport(path, "quarantined", f"{refusal.reason.value}: {refusal.detail}", output=opaque,
-                          digest="undo" if undo else "", series=series)
+        return quarantine_file(self.job, self.profile, self.names, path, refusal, kind="duplicate", series=series,
+                               undo=undo)
 
 
 class SeriesGrain:
@@ -244,11 +249,8 @@ class SeriesGrain:
     def _hold(self, path: str, output: str, series: str, *, undo: bool = False) -> FileReport:
         (self.job.output_dir / output).unlink(missing_ok=True)
         refusal = Refusal(Reason.SERIES_QUARANTINED, "another instance of its series is held on site")
-        data = Path(path).read_bytes()
-        opaque = self.names.opaque_name(f"series|{hashlib.sha256(data).hexdigest()}")
-        quarantine(self.job.quarantine_dir, opaque, data, refusal, profile=self.profile)
-        return FileReport(path, "quarantined", f"{refusal.reason.value}: {refusal.detail}", output=opaque,
-                          digest="undo" if undo else "", series=series)
+        return quarantine_file(self.job, self.profile, self.names, path, refusal, kind="series", series=series,
+                               undo=undo)
 
 
 class _Workers:
@@ -299,12 +301,9 @@ def _killed(path: str, job: Job, profile: str, names: Pseudonymiser, series: str
     killed a worker is not parsed here either), so that the run goes on."""
     refusal = Refusal(Reason.RESOURCE_LIMIT, "worker_memory_mb or instance_seconds: its worker was killed, twice")
     try:
-        data = Path(path).read_bytes()
+        return quarantine_file(job, profile, names, path, refusal, kind="killed", series=series)
     except OSError as exc:
         return FileReport(path, "unreadable", f"{path}: cannot read ({exc.strerror})")
-    opaque = names.opaque_name(f"killed|{hashlib.sha256(data).hexdigest()}")
-    quarantine(job.quarantine_dir, opaque, data, refusal, profile=profile)
-    return FileReport(path, "quarantined", f"{refusal.reason.value}: {refusal.detail}", output=opaque, series=series)
 
 
 def iter_files(root: Path) -> Iterator[str]:

@@ -67,8 +67,9 @@ def screen(ds: Dataset, profile: Profile) -> Refusal | None:
     image_type = "\\".join(str(v) for v in (ds.get("ImageType") or []) if v).upper()
     if "SCREEN SAVE" in image_type or "SCREENSHOT" in image_type:
         return Refusal(Reason.BURNED_IN_RISK, "ImageType says screen capture; no pixel rule masked it")
-    if sop_class not in profile.sop_classes:
-        return Refusal(Reason.UNKNOWN_SOP_CLASS, f"SOP class {sop_class or '(none)'} is not accepted by profile {profile.name}")
+    if sop_class not in profile.sop_classes:  # scope (agent/deidentify/scope.py) excludes valid ones first
+        return Refusal(Reason.UNKNOWN_SOP_CLASS, "SOP Class UID missing or not a UID" if not sop_class or
+                       not _UID.match(sop_class) else f"SOP class {sop_class} is not accepted by profile {profile.name}")
     return None
 
 

@@ -506,7 +506,6 @@ def stage_times(files: list[Path], workdir: Path, associations: int) -> str:
     import threading as _threading
 
     from pynetdicom.dimse import DIMSEServiceProvider
-    from pynetdicom.events import Event
     from pynetdicom.transport import RequestHandler
 
     import agent.receive as receive_module
@@ -539,11 +538,10 @@ def stage_times(files: list[Path], workdir: Path, associations: int) -> str:
         setattr(owner, name, timed_call)
 
     wrap(receive_module.Receiver, "_on_store", "Receiver._on_store, in all")
-    wrap(Event, "encoded_dataset", "  event.encoded_dataset (file meta + bytes)")
-    wrap(receive_module, "_identify", "  _identify (dcmread of the whole dataset)")
+    wrap(receive_module, "_identify_file", "  _identify_file (header walk through a memory map)")
     wrap(State, "spool_bytes", "  State.spool_bytes (SUM over instances)")
-    wrap(Spool, "check_room", "  Spool.check_room (disk_usage)")
-    wrap(Spool, "store", "  Spool.store (temp file, fsync, rename, fsync dir)")
+    wrap(Spool, "check_received", "  Spool.check_received (disk_usage)")
+    wrap(Spool, "store_file", "  Spool.store_file (link, fsync, rename, fsync dir)")
     wrap(State, "record_received", "  State.record_received (SQLite commit)")
     wrap(DIMSEServiceProvider, "send_msg", "C-STORE-RSP (DIMSEServiceProvider.send_msg)")
     wrap(RequestHandler, "_create_association", None)

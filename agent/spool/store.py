@@ -79,13 +79,6 @@ class Spool:
     def path_of(self, sop_key: str) -> Path:
         return self.directory / sop_key[:2] / f"{sop_key}.dcm"
 
-    def check_room(self, incoming: int, used: int) -> None:
-        """Refuse a write that would pass the quota or leave the disk under its free-space floor."""
-        if used + incoming > self.quota_bytes:
-            raise NoSpace(errno.EDQUOT, "spool quota reached")
-        if shutil.disk_usage(self.directory).free - incoming < self.min_free_bytes:
-            raise NoSpace(errno.ENOSPC, "disk free space under the configured floor")
-
     @contextmanager
     def locked(self, sop_key: str) -> Iterator[None]:
         """Hold the lock of the instance's spool folder (one of 256, shared by every process): the
@@ -144,11 +137,6 @@ class Spool:
             raise NoSpace(errno.EDQUOT, "spool quota reached")
         if shutil.disk_usage(self.directory).free < self.min_free_bytes:
             raise NoSpace(errno.ENOSPC, "disk free space under the configured floor")
-
-    def store(self, sop_key: str, data: bytes) -> Path:
-        path = self.path_of(sop_key)
-        save_file(path, data)
-        return path
 
     def sweep(self, known: set[str]) -> int:
         """Delete what no acknowledged instance owns: temp files of interrupted writes, and files
