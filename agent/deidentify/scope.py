@@ -27,6 +27,10 @@ from agent.quarantine import Reason, Refusal
 #: 10 MB value must not cost a regular expression its length.
 _MATCHED_CHARACTERS = 1024
 _MATCHED_VALUES = 64  # and only so many values of a multi-valued attribute
+#: A value longer than this is not decoded to be matched: scope is decided before the limits are
+#: checked, and decoding a hostile 10 MB value (or splitting it into a million values) costs what
+#: the limits are there to bound.
+_MATCHED_RAW_BYTES = 65_536
 _RULE_KEYS = {"attribute", "pattern"}
 _TAG = re.compile(r"^\(?([0-9A-Fa-f]{4}),\s*([0-9A-Fa-f]{4})\)?$")
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
@@ -47,6 +51,9 @@ class ExclusionRule:
         return f"{keyword} ~ {self.pattern.pattern}"
 
     def matches(self, ds: Dataset) -> bool:
+        raw = ds.get_item(self.tag) if self.tag in ds else None
+        if raw is None or (getattr(raw, "length", 0) or 0) > _MATCHED_RAW_BYTES:
+            return False  # absent, or too long for a descriptor: not decoded here (the limits refuse it)
         element = ds.get(self.tag)
         if element is None or element.VR == "SQ":
             return False
