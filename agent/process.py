@@ -16,13 +16,15 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from agent.deidentify import DeidentifiedInstance, Deidentifier, Profile, Refused
+from agent.deidentify import DeidentifiedInstance, Deidentifier, Profile, Refused, burnedin
+from agent.deidentify.masking import PixelsUndecodable
+from agent.deidentify.ocr import OcrUnavailable
 from agent.deidentify.scope import exclusion
 from agent.errors import UnreadableInput
 from agent.keys import SiteKey
 from agent.limits import LimitExceeded, Limits, time_limit
 from agent.quarantine import Reason, Refusal
-from agent.verify import screen, verify_output
+from agent.verify import screen, verify_output, verify_pixels
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 _DEFERRED = 1 << 16  # reading a header only: values longer than this stay on disk (or in the buffer)
@@ -86,6 +88,7 @@ class InstanceProcessor:
         self.profile = profile
         self.limits = limits
         self.deidentifier = Deidentifier(profile, key, clean_text=clean_text, limits=limits)
+        self.pixels = burnedin.PixelCleaner(profile, self.deidentifier.scanner)
 
     def process(self, data: bytes, where: object, *, record: bool = False) -> Outcome:
         """Run `data` (the source file's bytes) through every stage; raises UnreadableInput only.
@@ -133,6 +136,22 @@ class InstanceProcessor:
         except Exception:  # a damaged SOP Class UID or matched value: the gate decides, and refuses
             return None
 
+    def _clean_pixels(self, ds: Dataset, decision: burnedin.PixelDecision,
+                      result: DeidentifiedInstance) -> burnedin.PixelReport | None:
+        """Mask what the region rules and OCR find; raises Refused when that cannot be done safely."""
+        if decision.risk is None and decision.regions is None:
+            return None
+        try:
+            report = self.pixels.clean(ds, decision, result.identifiers)
+        except PixelsUndecodable as exc:
+            raise Refused(Refusal(Reason.PIXELS_UNDECODABLE, f"pixels to be masked: {exc}")) from None
+        except OcrUnavailable as exc:
+            detail = decision.risk.detail if decision.risk else "burned-in text"
+            raise Refused(Refusal(Reason.BURNED_IN_RISK, f"{detail}; OCR cannot read it: {exc}")) from None
+        if report.masked:
+            self.deidentifier.mark_pixels_cleaned(ds, result.changes)
+        return report
+
     def _process(self, data: bytes, where: object, *, record: bool) -> Outcome:
         ds = read_dataset(data, where)
         try:
@@ -159,14 +178,19 @@ class InstanceProcessor:
         try:
             with time_limit(self.limits.instance_seconds):
                 self.deidentifier.check_limits(ds)
-                refusal = screen(ds, self.profile)
+                decision = burnedin.decide(ds, self.profile)  # from the source's header, before it changes
+                refusal = screen(ds, self.profile, decision)
                 if refusal is not None and not record:
                     return Outcome("quarantined", refusal=refusal, opaque_name=opaque)
                 result = self.deidentifier.deidentify(ds, record=record)
+                if refusal is None:
+                    result.pixels = self._clean_pixels(ds, decision, result)
                 buffer = io.BytesIO()
                 ds.save_as(buffer, enforce_file_format=True)
                 encoded = buffer.getvalue()
                 gate = verify_output(encoded, result, self.profile, self.deidentifier.scanner)
+                if gate is None and refusal is None:
+                    gate = verify_pixels(encoded, result, self.profile, self.pixels)
         except Refused as exc:
             return Outcome("quarantined", refusal=refusal or exc.refusal, opaque_name=opaque)
         except LimitExceeded as exc:

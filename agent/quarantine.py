@@ -23,6 +23,8 @@ class Reason(str, enum.Enum):
     ENCAPSULATED_DOCUMENT = "encapsulated_document"
     BURNED_IN_ANNOTATION = "burned_in_annotation"
     BURNED_IN_RISK = "burned_in_risk"
+    BURNED_IN_TEXT = "burned_in_text"  # OCR of the output still read identifying text (detail: frame and boxes)
+    PIXELS_UNDECODABLE = "pixels_undecodable"  # pixels to mask cannot be decoded or masked here
     NO_PATIENT_ID = "no_patient_id"
     RESIDUAL_IDENTIFIER = "residual_identifier"
     INVALID_OUTPUT = "invalid_output"

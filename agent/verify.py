@@ -22,17 +22,13 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from agent.deidentify import DeidentifiedInstance, Profile, pixels
+from agent.deidentify import DeidentifiedInstance, Profile, burnedin, masking, ocr, pixels
+from agent.deidentify.burnedin import PixelDecision, boxes_text
 from agent.deidentify.plan import Op, Plan
 from agent.detectors.scan import Mode, TextScanner
 from agent.elements import Unsure, walk
 from agent.quarantine import Reason, Refusal
 
-#: Modalities whose pixels usually carry burned-in text (ultrasound, secondary capture, external
-#: camera, endoscopy, other; mammography, whose labels can name the patient or the site). Refused
-#: until a pixel rule has masked them.
-BURNED_IN_RISK_MODALITIES = frozenset({"US", "SC", "XC", "ES", "OT", "MG"})
-_SECONDARY_CAPTURE = re.compile(r"^1\.2\.840\.10008\.5\.1\.4\.1\.1\.7(\.\d)?$")
 _ENCAPSULATED = re.compile(r"^1\.2\.840\.10008\.5\.1\.4\.1\.1\.104\.\d+$")
 ENCAPSULATED_DOCUMENT = 0x00420011
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -52,21 +48,16 @@ _NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "AT", "SV", "UV", "
 _BYTES_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN", "OB or OW", "US or OW", "US or SS or OW"})
 
 
-def screen(ds: Dataset, profile: Profile) -> Refusal | None:
-    """Refuse, from the source's header alone, what no header rule can make safe."""
+def screen(ds: Dataset, profile: Profile, pixels: PixelDecision | None = None) -> Refusal | None:
+    """Refuse, from the source's header alone, what the profile cannot make safe: documents,
+    classes it does not know, and images at risk of burned-in text that no pixel rule or OCR
+    can clean (`pixels`: the decision already made for this source, if it was)."""
     sop_class = str(ds.get("SOPClassUID", "") or "")
     if _ENCAPSULATED.match(sop_class) or ENCAPSULATED_DOCUMENT in ds:
         return Refusal(Reason.ENCAPSULATED_DOCUMENT, f"SOP class {sop_class}: documents are not de-identified")
-    if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
-        return Refusal(Reason.BURNED_IN_ANNOTATION, "BurnedInAnnotation is YES and no pixel rule masked it")
-    modality = str(ds.get("Modality", "") or "").strip().upper()
-    if modality in BURNED_IN_RISK_MODALITIES:
-        return Refusal(Reason.BURNED_IN_RISK, f"modality {modality} usually carries burned-in text; no pixel rule masked it")
-    if _SECONDARY_CAPTURE.match(sop_class):
-        return Refusal(Reason.BURNED_IN_RISK, "secondary capture (screen capture) with no pixel rule")
-    image_type = "\\".join(str(v) for v in (ds.get("ImageType") or []) if v).upper()
-    if "SCREEN SAVE" in image_type or "SCREENSHOT" in image_type:
-        return Refusal(Reason.BURNED_IN_RISK, "ImageType says screen capture; no pixel rule masked it")
+    pixels = pixels or burnedin.decide(ds, profile)
+    if pixels.refusal is not None:
+        return pixels.refusal
     if sop_class not in profile.sop_classes:  # scope (agent/deidentify/scope.py) excludes valid ones first
         return Refusal(Reason.UNKNOWN_SOP_CLASS, "SOP Class UID missing or not a UID" if not sop_class or
                        not _UID.match(sop_class) else f"SOP class {sop_class} is not accepted by profile {profile.name}")
@@ -99,6 +90,30 @@ def verify_output(encoded: bytes, result: DeidentifiedInstance, profile: Profile
     except RecursionError:
         refusal = Refusal(Reason.INVALID_OUTPUT, "the output nests too deep to be searched")
     return refusal or _identity_checks(out, result, profile)
+
+
+def verify_pixels(encoded: bytes, result: DeidentifiedInstance, profile: Profile,
+                  cleaner: burnedin.PixelCleaner) -> Refusal | None:
+    """OCR the output's pixels again, if the image was at risk of burned-in text and the profile
+    reads text: any identifying word still readable refuses it. What is read is the encoded
+    output, decoded afresh, not what the cleaning step believes it wrote."""
+    report = result.pixels
+    if report is None or report.risk is None or not profile.pixels.ocr:
+        return None
+    try:
+        out = dcmread(io.BytesIO(encoded))
+        report.gate_frames, report.gate_hits, _ = cleaner.read(out, result.identifiers, report.device_words)
+    except masking.PixelsUndecodable as exc:
+        return Refusal(Reason.PIXELS_UNDECODABLE, f"the output's pixels cannot be read back: {exc}")
+    except ocr.OcrUnavailable as exc:
+        return Refusal(Reason.BURNED_IN_RISK, f"{report.risk.detail}; the gate cannot read its pixels: {exc}")
+    if not report.gate_hits:
+        return None
+    frames = sorted({hit.frame for hit in report.gate_hits})
+    labels = sorted({hit.label for hit in report.gate_hits})
+    boxes = [hit.box for hit in report.gate_hits]
+    return Refusal(Reason.BURNED_IN_TEXT, f"OCR still reads {', '.join(labels)} in frame(s) "
+                   f"{', '.join(str(f) for f in frames[:8])} at {boxes_text(boxes)}")
 
 
 #: Device values, kept as the sender wrote them: a name lexicon word there is a product

@@ -14,13 +14,15 @@
 #   tinyproxy    a hospital's forward proxy: delivery through platform.proxy is tested through it
 #                (tests/peers/proxy.py runs its own on a free port; the system service is not used)
 #   python3-venv `make test` builds .venv with `python3 -m venv` (Debian splits ensurepip out)
+#   tesseract-ocr, tesseract-ocr-eng  OCR of burned-in text (profiles with `pixels: ocr`, such
+#                as nmip); the agent needs them at run time too (README, "What it needs")
 #
 # Idempotent: when every package is already installed it touches nothing (no apt,
 # no network, no sudo), so `make test` stays fast on a developer machine and works
 # on a bare CI clone. Extra package names may be given as arguments.
 set -euo pipefail
 
-PACKAGES=(dicom3tools dcmtk orthanc orthanc-dicomweb nginx tinyproxy python3-venv "$@")
+PACKAGES=(dicom3tools dcmtk orthanc orthanc-dicomweb nginx tinyproxy python3-venv tesseract-ocr tesseract-ocr-eng "$@")
 
 die() { echo "install-debian-packages: $*" >&2; exit 1; }
 

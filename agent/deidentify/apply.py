@@ -12,7 +12,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
@@ -28,12 +28,15 @@ from agent import __version__
 from agent.deidentify import dates, pixels, text
 from agent.deidentify.identifiers import SourceIdentifiers, collect
 from agent.deidentify.plan import Action, Op
-from agent.deidentify.profile import EDITION, Profile
+from agent.deidentify.profile import EDITION, METHOD_CODES, Profile
 from agent.deidentify.pseudonym import Pseudonymiser
 from agent.detectors.scan import TextScanner
 from agent.keys import SiteKey
 from agent.limits import LimitExceeded, Limits
 from agent.quarantine import Reason, Refusal
+
+if TYPE_CHECKING:
+    from agent.deidentify.burnedin import PixelReport
 
 PIXEL_DATA = 0x7FE00010
 PATIENT_ID = 0x00100020
@@ -114,6 +117,7 @@ class DeidentifiedInstance:
     identifiers: SourceIdentifiers
     uid_map: dict[str, str] = field(default_factory=dict)
     changes: list[Change] | None = None
+    pixels: PixelReport | None = None  # set when the pixels were looked at (risk, rules, OCR)
 
 
 @dataclass
@@ -209,7 +213,7 @@ class Deidentifier:
         self.scanner = TextScanner(profile.vocabulary)
         self.pseudonyms = Pseudonymiser(key, profile.pseudonym)
         self.key_id = key.key_id
-        self._codes: dict[tuple[bool, bool], RawDataElement] = {}
+        self._codes: dict[tuple[bool, bool, bool], RawDataElement] = {}
         self._method = [
             f"nmip-agent {__version__}",
             f"profile {profile.name} {profile.version}",
@@ -668,12 +672,23 @@ class Deidentifier:
         temporal = "UNMODIFIED" if self.profile.dates_kept else "MODIFIED" if self.profile.dates_shifted else "REMOVED"
         _set(ds, 0x00280303, "CS", temporal)  # LongitudinalTemporalInformationModified
 
-    def _method_codes(self, implicit: bool, little: bool) -> RawDataElement:
+    def mark_pixels_cleaned(self, ds: Dataset, changes: list[Change] | None) -> None:
+        """Burned-in text was covered: BurnedInAnnotation NO, and Clean Pixel Data (113101) among
+        the method codes. Only once every text area was handled (the gate checks it again)."""
+        before = str(ds.get("BurnedInAnnotation", "") or "")
+        _set(ds, 0x00280301, "CS", "NO")
+        implicit, little = ds.original_encoding
+        ds[0x00120064] = self._method_codes(bool(implicit), little is not False, pixels=True)
+        if changes is not None:
+            changes.append(Change("(0028,0301)", "BurnedInAnnotation", "pixels masked [nmip-agent]", before, "NO"))
+
+    def _method_codes(self, implicit: bool, little: bool, *, pixels: bool = False) -> RawDataElement:
         """The De-identification Method Code Sequence, encoded once per transfer syntax."""
-        key = (implicit, little)
+        key = (implicit, little, pixels)
         if key not in self._codes:
             codes = Sequence()
-            for value, meaning in self.profile.method_codes:
+            extra = [METHOD_CODES["clean_pixel_data"]] if pixels else []
+            for value, meaning in self.profile.method_codes + extra:
                 item = Dataset()
                 item[0x00080100] = DataElement(0x00080100, "SH", value)  # CodeValue
                 item[0x00080102] = DataElement(0x00080102, "SH", "DCM")  # CodingSchemeDesignator

@@ -19,6 +19,7 @@ from pydicom._uid_dict import UID_dictionary
 
 from agent.deidentify.plan import Plan, RecipeLineError, compile_plan
 from agent.deidentify.pseudonym import PseudonymSettings
+from agent.deidentify.regions import RegionRule, load as load_region_rules
 from agent.deidentify.scope import ExclusionRule, parse_rules
 from agent.errors import ProfileError
 
@@ -32,6 +33,7 @@ EDITION = "2026d"
 #: PS3.16 CID 7050 "De-identification Method": the code for the Basic Profile and each option.
 METHOD_CODES: dict[str, tuple[str, str]] = {
     "basic": ("113100", "Basic Application Confidentiality Profile"),
+    "clean_pixel_data": ("113101", "Clean Pixel Data Option"),
     "clean_graphics": ("113103", "Clean Graphics Option"),
     "clean_structured_content": ("113104", "Clean Structured Content Option"),
     "clean_descriptors": ("113105", "Clean Descriptors Option"),
@@ -47,7 +49,10 @@ METHOD_CODES: dict[str, tuple[str, str]] = {
     "retain_institution_identity": ("113112", "Retain Institution Identity Option"),
 }
 
-_MANIFEST_KEYS = {"name", "version", "description", "recipes", "pseudonym", "sop_classes", "vocabulary", "exclude"}
+_MANIFEST_KEYS = {"name", "version", "description", "recipes", "pseudonym", "sop_classes", "vocabulary", "exclude",
+                  "pixels"}
+_PIXEL_KEYS = {"rules", "ocr"}
+_OCR_KEYS = {"frames", "timeout_s"}
 _PSEUDONYM_KEYS = {"prefix", "length", "date_shift_days"}
 #: SOP class name -> its UIDs: a name can have two (a retired and a current Ultrasound, Nuclear
 #: Medicine or Ultrasound Multi-frame Image Storage), and a profile that names it takes both.
@@ -55,6 +60,21 @@ _STORAGE_NAMES: dict[str, set[str]] = {}
 for _uid, _info in UID_dictionary.items():
     if _info[1] == "SOP Class":
         _STORAGE_NAMES.setdefault(_info[0], set()).add(_uid)
+
+
+@dataclass(frozen=True)
+class PixelSettings:
+    """What a profile does about burned-in text: region rules, and OCR for at-risk images."""
+
+    rules: tuple[RegionRule, ...] = ()
+    files: tuple[Path, ...] = ()  # the rule files, for the fingerprint
+    ocr: bool = False
+    ocr_frames: int = 8  # frames read per instance: the first, the last and evenly between
+    ocr_timeout_s: float = 60.0  # per frame; a frame OCR cannot read in time refuses the instance
+
+    @property
+    def active(self) -> bool:
+        return bool(self.rules) or self.ocr
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,7 @@ class Profile:
     vocabulary: frozenset[str] = frozenset()  # the site's words, added to the shipped imaging vocabulary
     exclude: tuple[ExclusionRule, ...] = ()  # header matches that put an accepted instance out of scope
     fingerprint: str = ""  # SHA-256 of the manifest and recipe files as loaded: workers check they load the same
+    pixels: PixelSettings = PixelSettings()
 
     @property
     def method_codes(self) -> list[tuple[str, str]]:
@@ -131,6 +152,7 @@ def load(name_or_path: str) -> Profile:
     recipes = tuple(manifest.parent / r for r in recipe_names)
     options = _options(recipe_names, manifest)
     plan = _compile(recipes, manifest)
+    pixels = _pixels(data.get("pixels"), manifest)
     return Profile(
         name=name,
         version=str(data.get("version", "0")),
@@ -143,7 +165,8 @@ def load(name_or_path: str) -> Profile:
         sop_classes=_sop_classes(data.get("sop_classes", "all-storage"), manifest),
         vocabulary=_vocabulary(data.get("vocabulary", []), manifest),
         exclude=parse_rules(data.get("exclude"), manifest),
-        fingerprint=_fingerprint(manifest, recipes, data.get("vocabulary", [])),
+        fingerprint=_fingerprint(manifest, recipes + pixels.files, data.get("vocabulary", [])),
+        pixels=pixels,
     )
 
 
@@ -177,7 +200,15 @@ def _options(recipe_names: list[str], manifest: Path) -> tuple[str, ...]:
 
 
 def _parse_recipe(path: Path) -> list[Mapping[str, str]]:
-    """Parse one recipe with deid, turning its exits and chatter into a ProfileError."""
+    """The header actions of one recipe."""
+    recipe = parse_deid(path)
+    if recipe.deid is None:
+        raise ProfileError(f"{path}: empty recipe (expected FORMAT dicom and a %header section)")
+    return [dict(line) for line in recipe.get_actions()]
+
+
+def parse_deid(path: Path) -> Any:
+    """Parse one deid file (a DeidRecipe), turning its exits and chatter into a ProfileError."""
     from deid.config import DeidRecipe  # deferred: deid's import is slow and only needed here
     from deid.logger import bot
 
@@ -193,9 +224,45 @@ def _parse_recipe(path: Path) -> list[Mapping[str, str]]:
         raise ProfileError(f"{path}: deid cannot parse this recipe: {detail[-1] if detail else 'no detail'}") from None
     finally:
         bot.outputStream, bot.errorStream = streams
-    if recipe.deid is None:
-        raise ProfileError(f"{path}: empty recipe (expected FORMAT dicom and a %header section)")
-    return [dict(line) for line in recipe.get_actions()]
+    return recipe
+
+
+def _pixels(section: Any, manifest: Path) -> PixelSettings:
+    """`pixels: {rules: [FILE or {file: FILE, modality: [..]}], ocr: {frames: N} or false}`."""
+    if section is None:
+        return PixelSettings()
+    where = f"{manifest}: pixels"
+    if not isinstance(section, dict) or set(section) - _PIXEL_KEYS:
+        raise ProfileError(f"{where}: a mapping with keys {sorted(_PIXEL_KEYS)}")
+    rules: list[RegionRule] = []
+    files: list[Path] = []
+    for entry in section.get("rules") or []:
+        if isinstance(entry, str):
+            entry = {"file": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or set(entry) - {"file", "modality"}:
+            raise ProfileError(f"{where}: rules: each a file name, or {{file: NAME, modality: [US, ...]}}")
+        path = manifest.parent / entry["file"]
+        if not path.is_file():
+            raise ProfileError(f"{where}: rules: {path} does not exist")
+        modality = entry.get("modality") or []
+        modality = [modality] if isinstance(modality, str) else modality
+        if not isinstance(modality, list) or not all(isinstance(m, str) and m.strip() for m in modality):
+            raise ProfileError(f"{where}: rules: {entry['file']}: modality: a modality or a list of them")
+        rules.extend(load_region_rules(path, frozenset(m.strip().upper() for m in modality)))
+        files.append(path)
+    ocr = section.get("ocr", False)
+    if ocr in (False, None):
+        return PixelSettings(tuple(rules), tuple(files))
+    if ocr is True:
+        ocr = {}
+    if not isinstance(ocr, dict) or set(ocr) - _OCR_KEYS:
+        raise ProfileError(f"{where}: ocr: false, true, or a mapping with keys {sorted(_OCR_KEYS)}")
+    frames, timeout = ocr.get("frames", 8), ocr.get("timeout_s", 60)
+    if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
+        raise ProfileError(f"{where}: ocr: frames: a whole number of frames, 1 or more")
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+        raise ProfileError(f"{where}: ocr: timeout_s: a number of seconds above 0")
+    return PixelSettings(tuple(rules), tuple(files), True, frames, float(timeout))
 
 
 def _compile(recipes: tuple[Path, ...], manifest: Path) -> Plan:

@@ -106,22 +106,31 @@ def test_a_report_is_cleaned_item_by_item_and_keeps_its_figures(run: Callable, s
 
 
 @pytest.mark.parametrize(
-    ("change", "status", "reason"),
-    [({"SOPClassUID": UltrasoundImageStorage, "Modality": "US"}, "quarantined", Reason.BURNED_IN_RISK),
-     ({"SOPClassUID": MAMMOGRAPHY, "Modality": "MG"}, "quarantined", Reason.BURNED_IN_RISK),
-     ({"ImageType": ["DERIVED", "SECONDARY", "SCREEN SAVE"]}, "quarantined", Reason.BURNED_IN_RISK),
-     ({"SOPClassUID": EncapsulatedPDFStorage}, "excluded", Reason.OUT_OF_SCOPE),
-     ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.9.1.1"}, "excluded", Reason.OUT_OF_SCOPE)],  # 12-lead ECG waveform
+    "change",
+    [{"SOPClassUID": UltrasoundImageStorage, "Modality": "US"},
+     {"SOPClassUID": MAMMOGRAPHY, "Modality": "MG"},
+     {"ImageType": ["DERIVED", "SECONDARY", "SCREEN SAVE"]}],
 )
-def test_images_at_risk_wait_for_masking_and_documents_are_out_of_scope(
-        run: Callable, change: dict[str, object], status: str, reason: Reason) -> None:
+def test_images_at_risk_are_read_by_ocr_before_and_after(run: Callable, change: dict[str, object]) -> None:
+    """No region rule describes these; OCR reads them (no text here) and the gate reads the output again."""
     ds = make_ct_slice(PATIENT, sop_uid=generate_uid())
     for keyword, value in change.items():
         setattr(ds, keyword, value)
         if keyword == "SOPClassUID":
             ds.file_meta.MediaStorageSOPClassUID = value
     outcome = run(ds, "nmip")
-    assert (outcome.status, outcome.refusal.reason) == (status, reason)
+    assert outcome.status == "passed", outcome.refusal
+    report = outcome.result.pixels
+    assert report.risk is not None and report.ocr_frames == [0] and report.gate_frames == [0]
+    assert not report.masked and not report.ocr_hits and not report.gate_hits
+
+
+@pytest.mark.parametrize("sop_class", [EncapsulatedPDFStorage, "1.2.840.10008.5.1.4.1.1.9.1.1"])  # PDF, 12-lead ECG
+def test_documents_and_waveforms_are_out_of_scope(run: Callable, sop_class: str) -> None:
+    ds = make_ct_slice(PATIENT, sop_uid=generate_uid())
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    outcome = run(ds, "nmip")
+    assert (outcome.status, outcome.refusal.reason) == ("excluded", Reason.OUT_OF_SCOPE)
 
 
 def test_a_ct_slice_passes_as_under_nccid(run: Callable) -> None:

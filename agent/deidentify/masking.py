@@ -1,0 +1,256 @@
+"""Covering rectangles of an image in every frame, in the colour space it is stored in.
+
+Native pixel data is masked in place, as stored: greyscale (MONOCHROME1 and 2, any bit depth,
+signed or not), RGB and YBR_FULL (either planar configuration), YBR_FULL_422 (a pair of pixels
+shares its chroma, so a pair touched by the mask is covered whole), PALETTE COLOR (the index of the
+darkest palette entry), and single-bit images. The fill is the image's own darkest value, so a
+covered area reads as background whatever the window. Compressed pixel data is decoded first
+(pydicom's decoders: RLE, and pylibjpeg for JPEG, JPEG-LS and JPEG 2000) and written native,
+which is lossless; lossy input stays marked as lossy and is never compressed again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
+
+from agent.deidentify.pixels import expected_length
+
+PIXEL_DATA = 0x7FE00010
+_FLOAT_PIXEL_DATA = (0x7FE00008, 0x7FE00009)
+_GREY = ("MONOCHROME1", "MONOCHROME2")
+_THREE = ("RGB", "YBR_FULL")
+
+
+class PixelsUndecodable(Exception):
+    """The pixel data cannot be decoded or masked; the message names no value of the instance."""
+
+
+def is_native(ds: Dataset) -> bool:
+    syntax = _syntax(ds)
+    return syntax is None or not UID(syntax).is_compressed
+
+
+def decode(ds: Dataset) -> bool:
+    """Make `ds`'s pixel data native (decoding it if compressed); True if it was compressed."""
+    if PIXEL_DATA not in ds:
+        raise PixelsUndecodable("no Pixel Data (float pixel data is not masked)" if any(
+            t in ds for t in _FLOAT_PIXEL_DATA) else "no Pixel Data")
+    if is_native(ds):
+        return False
+    syntax = UID(_syntax(ds) or "")
+    lossy = syntax.is_compressed and not _lossless(syntax)
+    try:
+        ds.decompress(as_rgb=True)
+    except Exception as exc:  # pydicom's and the plugins' errors; their messages name no value
+        raise PixelsUndecodable(f"{syntax.name or 'this transfer syntax'} cannot be decoded here "
+                                f"({type(exc).__name__})") from None
+    if lossy and str(ds.get("LossyImageCompression", "") or "") != "01":
+        ds.LossyImageCompression = "01"  # PS3.3 C.7.6.1.1.5: once lossy, always said to be
+    return True
+
+
+def native_copy(ds: Dataset) -> Dataset:
+    """`ds`'s image (Image Pixel attributes and Pixel Data) in a new dataset, decoded if it was
+    compressed; `ds` itself is left as it is. Elements are new: pydicom decodes in place."""
+    if is_native(ds):
+        return ds
+    image = Dataset()
+    for elem in ds.group_dataset(0x0028):
+        image.add(DataElement(elem.tag, elem.VR, elem.value))
+    if PIXEL_DATA in ds:
+        image.add(DataElement(PIXEL_DATA, ds[PIXEL_DATA].VR, ds.PixelData))
+    image.file_meta = FileMetaDataset()
+    image.file_meta.TransferSyntaxUID = UID(_syntax(ds) or "")
+    decode(image)
+    return image
+
+
+def cover(ds: Dataset, mask: np.ndarray) -> None:
+    """Set every pixel under `mask` (rows x columns, True = cover) to the fill, in every frame."""
+    view, layout = _view(ds)
+    photometric = _photometric(ds)
+    if layout == "422":
+        pairs = mask.reshape(mask.shape[0], -1, 2).any(axis=2)
+        view[:, pairs, 0:2] = 0
+        view[:, pairs, 2:4] = 128
+    elif layout == "bits":
+        view[:, mask] = 0 if photometric != "MONOCHROME1" else 1
+    elif layout == "planar":
+        for sample, value in enumerate(_colour_fill(ds, photometric)):
+            view[:, sample][:, mask] = value
+    elif layout == "interleaved":
+        view[:, mask] = np.asarray(_colour_fill(ds, photometric), dtype=view.dtype)
+    else:
+        view[:, mask] = _grey_fill(ds, view, photometric)
+    _store(ds, view, layout)
+
+
+def grey_frames(ds: Dataset, indices: list[int]) -> list[np.ndarray]:
+    """The frames at `indices` as 8-bit greyscale, light text made dark on light, for OCR."""
+    frames = []
+    for index in indices:
+        rgb = rgb_frame(ds, index)
+        grey = (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).astype(np.uint8)
+        frames.append(grey)
+    return frames
+
+
+def rgb_frame(ds: Dataset, index: int) -> np.ndarray:
+    """One frame as 8-bit RGB, as a viewer would show it (greyscale stretched to its range)."""
+    from pydicom.pixels.processing import apply_color_lut, convert_color_space
+
+    view, layout = _view(ds)
+    photometric = _photometric(ds)
+    frame = view[index]
+    if layout == "422":
+        luma = frame[..., 0:2].reshape(frame.shape[0], -1)
+        ycc = np.dstack([luma, np.repeat(frame[..., 2], 2, axis=1), np.repeat(frame[..., 3], 2, axis=1)])
+        return np.asarray(convert_color_space(ycc, "YBR_FULL", "RGB"), dtype=np.uint8)
+    if layout == "planar":
+        frame = np.moveaxis(frame, 0, -1)
+    if layout in ("planar", "interleaved"):
+        data = frame if frame.dtype == np.uint8 else (frame >> (8 * frame.dtype.itemsize - 8)).astype(np.uint8)
+        if photometric == "YBR_FULL":
+            data = np.asarray(convert_color_space(data, "YBR_FULL", "RGB"), dtype=np.uint8)
+        return np.ascontiguousarray(data)
+    if photometric == "PALETTE COLOR":
+        colour = np.asarray(apply_color_lut(_values(ds, frame), ds))
+        shift = 8 if colour.max(initial=0) > 255 else 0
+        return (colour >> shift).astype(np.uint8)
+    values = _values(ds, frame).astype(np.float64)
+    low, high = float(values.min(initial=0)), float(values.max(initial=0))
+    scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    if photometric == "MONOCHROME1":
+        scaled = 255.0 - scaled
+    grey = scaled.astype(np.uint8)
+    return np.dstack([grey, grey, grey])
+
+
+def frame_count(ds: Dataset) -> int:
+    try:
+        return max(1, int(ds.get("NumberOfFrames") or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+# -- the stored layout -----------------------------------------------------------------------
+
+
+def _view(ds: Dataset) -> tuple[np.ndarray, str]:
+    """A writable array over a copy of the native pixel data, and its layout name."""
+    if not is_native(ds):
+        raise PixelsUndecodable("pixel data is compressed")
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.BitsAllocated)
+        planar = int(ds.get("PlanarConfiguration", 0) or 0)
+    except (AttributeError, TypeError, ValueError):
+        raise PixelsUndecodable("the image attributes are missing or damaged") from None
+    photometric = _photometric(ds)
+    frames = frame_count(ds)
+    data = ds.PixelData if PIXEL_DATA in ds else None
+    if expected_length(ds) is None or not isinstance(data, (bytes, bytearray)):
+        raise PixelsUndecodable("the image attributes are missing or damaged")
+    needed = (frames * rows * columns * samples * bits + 7) // 8
+    if photometric == "YBR_FULL_422":
+        needed = frames * rows * columns * 2
+    if len(data) < needed:
+        raise PixelsUndecodable("Pixel Data is shorter than its image")
+    buffer = np.frombuffer(bytearray(data), dtype=np.uint8)
+    if bits == 1:
+        if samples != 1:
+            raise PixelsUndecodable("single-bit colour is not an image layout")
+        bits_array = np.unpackbits(buffer, bitorder="little")[: frames * rows * columns]
+        return bits_array.reshape(frames, rows, columns).copy(), "bits"
+    if bits not in (8, 16, 32):
+        raise PixelsUndecodable(f"Bits Allocated {bits} is not masked")
+    dtype = np.dtype(f"<u{bits // 8}")
+    if photometric == "YBR_FULL_422":
+        if bits != 8 or samples != 3 or columns % 2:
+            raise PixelsUndecodable("YBR_FULL_422 other than 8-bit with even columns")
+        size = frames * rows * columns * 2
+        return buffer[:size].reshape(frames, rows, columns // 2, 4), "422"
+    count = frames * rows * columns * samples
+    values = buffer[: count * dtype.itemsize].view(dtype)
+    if samples == 1:
+        if photometric not in _GREY and photometric != "PALETTE COLOR":
+            raise PixelsUndecodable(f"Photometric Interpretation {photometric or 'missing'} with one sample")
+        return values.reshape(frames, rows, columns), "grey"
+    if samples != 3 or photometric not in _THREE:
+        raise PixelsUndecodable(f"Photometric Interpretation {photometric or 'missing'} is not masked")
+    if planar == 1:
+        return values.reshape(frames, 3, rows, columns), "planar"
+    return values.reshape(frames, rows, columns, 3), "interleaved"
+
+
+def _store(ds: Dataset, view: np.ndarray, layout: str) -> None:
+    if layout == "bits":
+        packed = np.packbits(view.reshape(-1), bitorder="little").tobytes()
+    else:
+        packed = np.ascontiguousarray(view).tobytes()
+    if len(packed) % 2:
+        packed += b"\x00"
+    ds.PixelData = packed
+
+
+def _photometric(ds: Dataset) -> str:
+    return str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+
+
+def _syntax(ds: Dataset) -> str | None:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    return str(syntax) if syntax else None
+
+
+def _lossless(syntax: UID) -> bool:
+    return syntax in ("1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+                      "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.201",
+                      "1.2.840.10008.1.2.4.202")  # RLE, JPEG lossless (14, 14 SV1), JPEG-LS, J2K and HTJ2K lossless
+
+
+def _values(ds: Dataset, frame: np.ndarray) -> np.ndarray:
+    """Stored values as the numbers they mean: bits above Bits Stored dropped, sign extended."""
+    bits = frame.dtype.itemsize * 8
+    try:
+        stored = int(ds.get("BitsStored") or bits)
+        signed = int(ds.get("PixelRepresentation") or 0) == 1
+    except (TypeError, ValueError):
+        stored, signed = bits, False
+    stored = min(max(stored, 1), bits)
+    values = frame.astype(np.int64) & ((1 << stored) - 1)
+    if signed:
+        values = np.where(values >= 1 << (stored - 1), values - (1 << stored), values)
+    return values
+
+
+def _grey_fill(ds: Dataset, view: np.ndarray, photometric: str) -> int:
+    """The stored value that shows darkest: the darkest palette entry, or the image's own
+    extreme (lowest for MONOCHROME2, highest for MONOCHROME1)."""
+    if photometric == "PALETTE COLOR":
+        return _darkest_palette_index(ds, view)
+    values = _values(ds, view)
+    flat = int(values.argmax() if photometric == "MONOCHROME1" else values.argmin())
+    return int(view.reshape(-1)[flat])
+
+
+def _darkest_palette_index(ds: Dataset, view: np.ndarray) -> int:
+    from pydicom.pixels.processing import apply_color_lut
+
+    try:
+        entries, first = int(ds.RedPaletteColorLookupTableDescriptor[0]), int(ds.RedPaletteColorLookupTableDescriptor[1])
+        entries = entries or 65536
+        indices = np.arange(first, first + entries, dtype=view.dtype)
+        colours = np.asarray(apply_color_lut(indices, ds)).astype(np.int64).reshape(-1, 3)
+    except Exception:  # a damaged palette: nothing can say which index is dark
+        raise PixelsUndecodable("the palette cannot be read") from None
+    return int(indices[int(colours.sum(axis=1).argmin())])
+
+
+def _colour_fill(ds: Dataset, photometric: str) -> tuple[int, int, int]:
+    bits = int(ds.BitsAllocated)
+    middle = 1 << (bits - 1)
+    return (0, 0, 0) if photometric == "RGB" else (0, middle, middle)
