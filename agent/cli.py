@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -21,6 +21,9 @@ from rich.table import Table
 from agent import __version__
 from agent.errors import AgentError, UnreadableInput, UsageError
 from agent.keys import KEY_TYPES, init_key_file, load_key_file, make_csr
+
+if TYPE_CHECKING:
+    from agent.preview import PreviewEntry
 
 # Tracebacks with local variables would print identifiers: typer's pretty exceptions are off.
 app = typer.Typer(
@@ -95,6 +98,7 @@ def check(
     key_file: KeyFile,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     changed_only: Annotated[bool, typer.Option("--changed-only", help="Hide attributes kept as they were.")] = False,
+    preview: Annotated[Optional[Path], typer.Option("--preview", help="Write here a PNG of each masked or flagged frame, boxes drawn, and index.html tying them to the attribute table (holds source values: keep on site).")] = None,
 ) -> None:
     """Dry run: show, attribute by attribute, what would leave the hospital, and the gate's verdict.
 
@@ -104,34 +108,58 @@ def check(
     from agent.deidentify import load_profile
     from agent.process import InstanceProcessor
 
+    if preview is not None:
+        from agent.preview import prepare_folder
+
+        prepare_folder(preview)  # before the slow part: a wrong path fails at once
     processor = InstanceProcessor(load_profile(profile), load_key_file(key_file))
     reports = []
+    previews: list[PreviewEntry] = []
+    taken: set[str] = set()  # PNG names written: the same instance given twice is not overwritten
     worst = 0
     for path in paths:
-        report = _check_one(processor, path, changed_only)
+        report, outcome = _check_one(processor, path, changed_only)
+        if preview is not None:
+            previews.append(_preview_entry(report, outcome, preview, taken))
+        del outcome  # its dataset (pixels and all) is not kept for the next file
         worst = max(worst, {"pass": 0, "excluded": 0, "quarantine": 1, "skipped": 0}.get(report["verdict"], 2))
         reports.append(report)
         if not as_json:
             _print_report(report)
+    page = None
+    if preview is not None:
+        from agent.preview import write_preview
+
+        try:
+            page = write_preview(preview, previews, profile=processor.profile.name,
+                                 key_id=processor.deidentifier.key_id)
+        except OSError as exc:
+            raise UsageError(f"{preview}: cannot write the preview ({exc.strerror})") from None
     if as_json:
-        out.print_json(data={"profile": processor.profile.name, "key_id": processor.deidentifier.key_id,
-                             "files": reports})
+        data: dict[str, Any] = {"profile": processor.profile.name, "key_id": processor.deidentifier.key_id,
+                                "files": reports}
+        if page is not None:
+            data["preview"] = str(page)
+        out.print_json(data=data)
+    if page is not None:  # on stderr under --json: stdout stays one JSON document
+        (err if as_json else out).print(f"preview: {escape(str(page))} (holds source values: keep on site)")
     raise typer.Exit(worst)
 
 
-def _check_one(processor: Any, path: Path, changed_only: bool) -> dict[str, Any]:
+def _check_one(processor: Any, path: Path, changed_only: bool) -> tuple[dict[str, Any], Any]:
+    """One file's report, and its Outcome (None when unreadable) for the preview."""
     try:
         outcome = processor.process(path.read_bytes(), path, record=True)
     except OSError as exc:
-        return {"file": str(path), "verdict": "unreadable", "detail": f"cannot read ({exc.strerror})"}
+        return {"file": str(path), "verdict": "unreadable", "detail": f"cannot read ({exc.strerror})"}, None
     except UnreadableInput as exc:
-        return {"file": str(path), "verdict": "unreadable", "detail": str(exc)}
+        return {"file": str(path), "verdict": "unreadable", "detail": str(exc)}, None
     report: dict[str, Any] = {"file": str(path)}
     if outcome.status == "skipped":
-        return {**report, "verdict": "skipped", "detail": outcome.skip_reason}
+        return {**report, "verdict": "skipped", "detail": outcome.skip_reason}, outcome
     if outcome.status == "excluded":  # out of scope: nothing is done to it, so nothing to show
         return {**report, "verdict": "excluded", "reason": outcome.refusal.reason.value,
-                "detail": outcome.refusal.detail, "attributes": []}
+                "detail": outcome.refusal.detail, "attributes": []}, outcome
     if outcome.status == "passed":
         report.update(verdict="pass", output=str(outcome.relative_path))
     else:
@@ -142,7 +170,27 @@ def _check_one(processor: Any, path: Path, changed_only: bool) -> dict[str, Any]
         for c in changes
         if not (changed_only and c.after == c.before)
     ]
-    return report
+    return report, outcome
+
+
+def _preview_entry(report: dict[str, Any], outcome: Any, folder: Path, taken: set[str]) -> PreviewEntry:
+    """The file's part of the page; its frames are drawn now, so no image waits in memory."""
+    from agent.preview import AttributeRow, PreviewEntry, render_frames, wants_frames
+
+    entry = PreviewEntry(
+        label=report["file"], verdict=report["verdict"], reason=report.get("reason", ""),
+        detail=report.get("detail") or "", output=report.get("output", ""),
+        attributes=[AttributeRow(r["attribute"], r["keyword"], r["action"], r["before"], r["after"])
+                    for r in report.get("attributes", [])])
+    result = getattr(outcome, "result", None)
+    if result is not None and result.pixels is not None:
+        entry.pixels = result.pixels
+        if wants_frames(result.pixels):
+            try:
+                entry.frames = render_frames(folder, outcome.opaque_name, result.dataset, result.pixels, taken)
+            except OSError as exc:
+                raise UsageError(f"{folder}: cannot write the preview ({exc.strerror})") from None
+    return entry
 
 
 def _print_report(report: dict[str, Any]) -> None:

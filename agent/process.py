@@ -139,7 +139,7 @@ class InstanceProcessor:
     def _clean_pixels(self, ds: Dataset, decision: burnedin.PixelDecision,
                       result: DeidentifiedInstance) -> burnedin.PixelReport | None:
         """Mask what the region rules and OCR find; raises Refused when that cannot be done safely."""
-        if decision.risk is None and decision.regions is None:
+        if decision.risk is None and decision.regions is None and not decision.embedded_overlay:
             return None
         try:
             report = self.pixels.clean(ds, decision, result.identifiers)
@@ -185,6 +185,9 @@ class InstanceProcessor:
                 result = self.deidentifier.deidentify(ds, record=record)
                 if refusal is None:
                     result.pixels = self._clean_pixels(ds, decision, result)
+                elif decision.risk is not None:  # a dry run shows the image it refused, unmasked
+                    result.pixels = burnedin.PixelReport(risk=decision.risk, note=decision.note,
+                                                         rules=decision.regions.labels if decision.regions else ())
                 buffer = io.BytesIO()
                 ds.save_as(buffer, enforce_file_format=True)
                 encoded = buffer.getvalue()

@@ -71,9 +71,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _DUMMY_ITEM = Action(Op.DUMMY, "inside a dummied sequence item")
 _KEPT_IN_ITEM = Action(Op.KEEP, "a number inside a dummied sequence item")
 _NUMBER_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "IS", "DS", "AT", "SV", "UV", "US or SS"}
-# X/Z sequences that are Type 3 wherever they stand at the top level: zero items is invalid for a
-# Type 3 sequence (dciodvfy: "Bad Sequence number of Items"), so X is the valid choice.
-_REMOVED_WHEN_BLANKED = {0x00081110}  # Referenced Study Sequence (General Study Module)
+# X/Z sequences that are Type 3 at the top level and in a Request Attributes item: zero items is
+# invalid for a Type 3 sequence (dciodvfy: "Bad Sequence number of Items"), so X is the valid choice.
+_REMOVED_WHEN_BLANKED = {0x00081110}  # Referenced Study Sequence (General Study Module, Request Attributes)
+_REQUEST_ATTRIBUTES_ITEM = re.compile(r"\(0040,0275\)\[\d+\] > $")
 _FREE_TEXT_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}
 _ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) Item, little endian: how a UN sequence starts
 
@@ -365,7 +366,8 @@ class Deidentifier:
             if vr in ("DA", "TM") and op in (Op.SHIFT, Op.CLEAN):
                 temporal[tag] = (vr, action)
                 continue
-            if vr == "SQ" and op is Op.BLANK and not path and tag in _REMOVED_WHEN_BLANKED:
+            if vr == "SQ" and op is Op.BLANK and tag in _REMOVED_WHEN_BLANKED and (
+                    not path or _REQUEST_ATTRIBUTES_ITEM.search(path)):
                 self._remove(ds, tag, ctx, path, Action(Op.REMOVE, f"{action.source} (X/Z: Type 3 sequence)"))
                 continue
             if vr == "SQ" and op is not Op.REMOVE:

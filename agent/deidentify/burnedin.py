@@ -48,6 +48,7 @@ class PixelReport:
     reencoded: str = ""  # the transfer syntax it was decoded from, when it was
     note: str = ""
     device_words: frozenset[str] = frozenset()
+    overlay_bits_cleared: bool = False  # an embedded overlay's bits were zeroed
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class PixelDecision:
     refusal: Refusal | None  # the profile cannot make this image safe
     note: str = ""
     device_words: frozenset[str] = frozenset()  # the maker's and model's words: on screen, not a name
+    embedded_overlay: bool = False  # a retired overlay kept in the pixel data's unused bits
 
 
 def risk(ds: Dataset) -> Refusal | None:
@@ -85,7 +87,19 @@ def decide(ds: Dataset, profile: Profile) -> PixelDecision:
     if at_risk is not None and regions is None and not profile.pixels.ocr:
         why = note or "no pixel rule covers it"
         refusal = Refusal(at_risk.reason, f"{at_risk.detail}; {why} and profile {profile.name} has no OCR")
-    return PixelDecision(at_risk, regions, refusal, note, _device_words(ds))
+    return PixelDecision(at_risk, regions, refusal, note, _device_words(ds), _embedded_overlay(ds))
+
+
+def _embedded_overlay(ds: Dataset) -> bool:
+    """Whether an overlay group says its bitmap is in the pixel data (Overlay Bit Position > 0)."""
+    for group in range(0x6000, 0x6020, 2):
+        position = ds.get((group, 0x0102))
+        try:
+            if position is not None and int(position.value or 0) > 0:
+                return True
+        except (TypeError, ValueError):
+            return True  # a damaged position: clear the unused bits anyway
+    return False
 
 
 def _device_words(ds: Dataset) -> frozenset[str]:
@@ -123,6 +137,8 @@ class PixelCleaner:
         """Cover the rule's rectangles and the identifying words OCR reads, in every frame.
         Raises PixelsUndecodable or ocr.OcrUnavailable when that cannot be done safely."""
         report = PixelReport(risk=decision.risk, note=decision.note, device_words=decision.device_words)
+        if decision.embedded_overlay:
+            report.overlay_bits_cleared = masking.clear_unused_bits(ds)
         mask = None
         if decision.regions is not None:
             mask = decision.regions.mask.copy()

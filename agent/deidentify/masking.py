@@ -88,6 +88,28 @@ def cover(ds: Dataset, mask: np.ndarray) -> None:
     _store(ds, view, layout)
 
 
+def clear_unused_bits(ds: Dataset) -> bool:
+    """Zero every bit outside Bits Stored, where a retired embedded overlay (60xx,0102 Overlay Bit
+    Position above zero) keeps its bitmap: once its group is removed the bits mean nothing, but
+    they still draw whatever text the overlay held. True if any bit was set."""
+    if not is_native(ds):
+        return False  # embedded overlays are native only (PS3.5 8.1.2)
+    view, layout = _view(ds)
+    if layout != "grey" or view.dtype.itemsize == 1:
+        return False
+    try:
+        stored, high = int(ds.BitsStored), int(ds.HighBit)
+    except (AttributeError, TypeError, ValueError):
+        raise PixelsUndecodable("Bits Stored or High Bit is missing or damaged") from None
+    keep = ((1 << stored) - 1) << max(0, high - stored + 1)
+    unused = ~np.array(keep, dtype=view.dtype)
+    if not (view & unused).any():
+        return False
+    view &= ~unused
+    _store(ds, view, layout)
+    return True
+
+
 def grey_frames(ds: Dataset, indices: list[int]) -> list[np.ndarray]:
     """The frames at `indices` as 8-bit greyscale, light text made dark on light, for OCR."""
     frames = []

@@ -5,13 +5,17 @@ Tesseract reads, so it runs on at-risk images only, twice (to find what to mask,
 the output, by the release gate), and a word it reads is judged by the same searches the gate
 runs on header text: the source's own identifiers in every written form and near misses, and the
 detectors (names, NHS numbers, dates, postcodes, phone numbers). Small images are read at twice
-their size, and light text on a dark image is read inverted, which is how Tesseract reads best.
+their size, light text on a dark image is read inverted, which is how Tesseract reads best, and
+each frame is read with two binarisations (global and local).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import shutil
+import subprocess
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -25,6 +29,11 @@ _UPSCALE_BELOW = 600  # rows: smaller images are read at twice their size
 _MIN_CONFIDENCE = 10  # Tesseract's confidence below which a "word" is noise (lines, speckle)
 _PAD = 3  # pixels around a word's box that are masked with it (antialiased edges)
 _NAME_CONFIDENCE = 70  # a lexicon name alone counts only when Tesseract is this sure of it
+#: Tesseract's binarisations, each read: global Otsu misses text once a few bright lines are gone
+#: (a masked image's threshold falls into the speckle), Sauvola's local threshold does not; text
+#: either one reads counts.
+_THRESHOLDING = (0, 2)
+_NAME_INSIDE = 4  # name parts this long are also found inside a longer word
 _CACHE = 64  # frames: the gate re-reads a frame masking did not change, and gets the same words
 
 
@@ -36,7 +45,7 @@ class OcrUnavailable(Exception):
 class Word:
     text: str
     box: Rect  # in the image's pixels
-    line: tuple[int, int, int]  # Tesseract's block, paragraph and line numbers
+    line: tuple[int, int, int, int]  # thresholding method, and Tesseract's block, paragraph and line
     confidence: float = 100.0
 
     def could_be_a_name(self, device_words: frozenset[str]) -> bool:
@@ -79,35 +88,65 @@ def read(grey: np.ndarray, timeout_s: float) -> tuple[Word, ...]:
 
 
 def _tesseract(grey: np.ndarray, timeout_s: float) -> tuple[Word, ...]:
-    if not available():
+    """Run Tesseract on the frame, PNG in on stdin and TSV out on stdout.
+
+    Tesseract is called directly rather than through pytesseract, which writes every frame to a
+    temporary file (a patient's image, outside the agent's private folders, and left behind when
+    a worker is killed) and does not stop Tesseract when its caller is interrupted.
+    """
+    executable = shutil.which("tesseract")
+    if executable is None:
         raise OcrUnavailable("tesseract is not installed (Debian: tesseract-ocr tesseract-ocr-eng)")
-    import pytesseract
     from PIL import Image
 
     scale = 2 if grey.shape[0] < _UPSCALE_BELOW else 1
-    image = Image.fromarray(grey)
-    if float(grey.mean()) < 128:
-        image = Image.fromarray(255 - grey)
+    image = Image.fromarray(255 - grey if float(grey.mean()) < 128 else grey)
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.Resampling.BICUBIC)
-    try:
-        data = pytesseract.image_to_data(image, output_type=pytesseract.Output.DICT, config="--psm 11",
-                                         timeout=timeout_s)
-    except RuntimeError:  # pytesseract's timeout
-        raise OcrUnavailable(f"tesseract did not finish a frame within {timeout_s:g} s") from None
-    except Exception as exc:  # its errors quote tesseract's output, which can hold what it read
-        raise OcrUnavailable(f"tesseract failed ({type(exc).__name__})") from None
-    words = []
-    for index, text in enumerate(data["text"]):
-        text = str(text).strip()
-        if not text or float(data["conf"][index]) < _MIN_CONFIDENCE:
-            continue
-        left, top = int(data["left"][index]) // scale, int(data["top"][index]) // scale
-        right = left + -(-int(data["width"][index]) // scale)
-        bottom = top + -(-int(data["height"][index]) // scale)
-        line = (int(data["block_num"][index]), int(data["par_num"][index]), int(data["line_num"][index]))
-        words.append(Word(text, (left, top, right, bottom), line, float(data["conf"][index])))
+    png = io.BytesIO()
+    image.save(png, format="PNG", compress_level=1)
+    words: list[Word] = []
+    for method in _THRESHOLDING:
+        words += _words(_run(executable, png.getvalue(), method, timeout_s), scale, method)
     return tuple(words)
+
+
+def _run(executable: str, png: bytes, method: int, timeout_s: float) -> str:
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_THREAD_LIMIT": "1", "LC_ALL": "C"}
+    command = [executable, "stdin", "stdout", "--psm", "11", "-l", "eng", "-c", f"thresholding_method={method}", "tsv"]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               env=environment, close_fds=True)
+    try:
+        output, _ = process.communicate(png, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise OcrUnavailable(f"tesseract did not finish a frame within {timeout_s:g} s") from None
+    finally:
+        if process.poll() is None:  # timed out, or this worker's own time limit interrupted it
+            process.kill()
+            process.wait()
+    if process.returncode != 0:
+        raise OcrUnavailable(f"tesseract failed (exit status {process.returncode})")
+    return output.decode("utf-8", "replace")
+
+
+def _words(tsv: str, scale: int, method: int) -> list[Word]:
+    """Tesseract's TSV: level, page, block, par, line, word, left, top, width, height, conf, text."""
+    words = []
+    for row in tsv.splitlines()[1:]:
+        fields = row.split("\t")
+        if len(fields) < 12 or not fields[11].strip():
+            continue
+        try:
+            block, par, line = int(fields[2]), int(fields[3]), int(fields[4])
+            left, top, width, height = (int(v) for v in fields[6:10])
+            confidence = float(fields[10])
+        except ValueError:
+            continue
+        if confidence < _MIN_CONFIDENCE:
+            continue
+        box = (left // scale, top // scale, -(-(left + width) // scale), -(-(top + height) // scale))
+        words.append(Word(fields[11].strip(), box, (method, block, par, line), confidence))
+    return words
 
 
 def identifying(words: tuple[Word, ...], frame: int, identifiers: SourceIdentifiers, scanner: TextScanner,
@@ -115,7 +154,8 @@ def identifying(words: tuple[Word, ...], frame: int, identifiers: SourceIdentifi
     """The words that are, or are part of, an identifier: each line is searched whole (a name
     is often two words), and each word alone (OCR joins and splits words at random)."""
     hits: list[Hit] = []
-    lines: dict[tuple[int, int, int], list[Word]] = {}
+    names = _name_parts(identifiers)
+    lines: dict[tuple[int, int, int, int], list[Word]] = {}
     for word in words:
         lines.setdefault(word.line, []).append(word)
     for line_words in lines.values():
@@ -131,7 +171,7 @@ def identifying(words: tuple[Word, ...], frame: int, identifiers: SourceIdentifi
                 continue
             spans.append((finding.start, finding.end, finding.detector))
         for word, begin in zip(line_words, starts):
-            alone = identifiers.find_in_text(word.text)
+            alone = identifiers.find_in_text(word.text) or _name_inside(word.text, names)
             if alone is not None:
                 spans.append((begin, begin + len(word.text), alone))
         for start, end, label in spans:
@@ -139,6 +179,18 @@ def identifying(words: tuple[Word, ...], frame: int, identifiers: SourceIdentifi
                 if begin < end and start < begin + len(word.text):
                     hits.append(Hit(frame, _padded(word.box, shape), label))
     return hits
+
+
+def _name_parts(identifiers: SourceIdentifiers) -> dict[str, str]:
+    """The source's name parts long enough to find inside a word OCR ran together with its
+    neighbours ("SMITHAJOHN" for SMITH^JOHN, "ZZZDOWNTIME,MARY")."""
+    return {value: label for value, label in identifiers.values.items()
+            if "name" in label and len(value) >= _NAME_INSIDE and value.isalpha()}
+
+
+def _name_inside(word: str, names: dict[str, str]) -> str | None:
+    lowered = word.lower()
+    return next((label for part, label in names.items() if part in lowered), None)
 
 
 def sample(frames: int, wanted: int) -> list[int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ _MANIFEST_KEYS = {"name", "version", "description", "recipes", "pseudonym", "sop
                   "pixels"}
 _PIXEL_KEYS = {"rules", "ocr"}
 _OCR_KEYS = {"frames", "timeout_s"}
+#: A storage SOP class's name: "... Storage", or "... Storage - For Presentation" (DX, MG, IO).
+_STORAGE_CLASS = re.compile(r"Storage( - For (Presentation|Processing))?$")
 _PSEUDONYM_KEYS = {"prefix", "length", "date_shift_days"}
 #: SOP class name -> its UIDs: a name can have two (a retired and a current Ultrasound, Nuclear
 #: Medicine or Ultrasound Multi-frame Image Storage), and a profile that names it takes both.
@@ -321,7 +324,7 @@ def _sop_classes(value: Any, manifest: Path) -> frozenset[str]:
     """Accepted SOP classes: UIDs or pydicom names; `all-storage` is every storage class pydicom knows."""
     if value == "all-storage":  # every class but encapsulated documents: nothing can clean a PDF's text
         return frozenset(uid for name, uids in _STORAGE_NAMES.items()
-                         if name.endswith("Storage") and not name.startswith("Encapsulated") for uid in uids)
+                         if _STORAGE_CLASS.search(name) and not name.startswith("Encapsulated") for uid in uids)
     if not isinstance(value, list) or not value:
         raise ProfileError(f"{manifest}: sop_classes: 'all-storage' or a list of SOP Class UIDs or names")
     out = set()
