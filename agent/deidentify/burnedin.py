@@ -46,6 +46,7 @@ class PixelReport:
     gate_hits: list[ocr.Hit] = field(default_factory=list)  # identifying words still readable
     masked: bool = False  # pixels were covered (and the instance re-encoded if it was compressed)
     reencoded: str = ""  # the transfer syntax it was decoded from, when it was
+    written_as: str = ""  # what it was written in then: RLE Lossless, or "" for native
     note: str = ""
     device_words: frozenset[str] = frozenset()
     overlay_bits_cleared: bool = False  # an embedded overlay's bits were zeroed
@@ -153,6 +154,8 @@ class PixelCleaner:
             report.reencoded = syntax
         masking.cover(ds, mask)
         report.masked = True
+        if report.reencoded and masking.encode_lossless(ds):
+            report.written_as = "RLE Lossless"
         return report
 
     def read(self, ds: Dataset, identifiers: SourceIdentifiers,

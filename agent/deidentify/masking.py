@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID
+from pydicom.uid import UID, RLELossless
 
 from agent.deidentify.pixels import expected_length
 
@@ -49,6 +49,19 @@ def decode(ds: Dataset) -> bool:
                                 f"({type(exc).__name__})") from None
     if lossy and str(ds.get("LossyImageCompression", "") or "") != "01":
         ds.LossyImageCompression = "01"  # PS3.3 C.7.6.1.1.5: once lossy, always said to be
+    return True
+
+
+def encode_lossless(ds: Dataset) -> bool:
+    """Compress masked native pixels as RLE Lossless (pylibjpeg-rle): an input the PACS sent
+    compressed leaves compressed, losslessly, rather than five to ten times larger. False (left
+    native, which is lossless too) when the encoder cannot take this layout."""
+    if _photometric(ds) not in ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL"):
+        return False
+    try:
+        ds.compress(RLELossless, encoding_plugin="pylibjpeg")
+    except Exception:  # an encoder's refusal names no value; native is still lossless
+        return False
     return True
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from agent.deidentify.regions import Rect
 from agent.detectors.scan import TextScanner
 
 _UPSCALE_BELOW = 600  # rows: smaller images are read at twice their size
+_LONGEST = 2048  # pixels: larger frames are read shrunk to this
 _MIN_CONFIDENCE = 10  # Tesseract's confidence below which a "word" is noise (lines, speckle)
 _PAD = 3  # pixels around a word's box that are masked with it (antialiased edges)
 _NAME_CONFIDENCE = 70  # a lexicon name alone counts only when Tesseract is this sure of it
@@ -99,10 +101,11 @@ def _tesseract(grey: np.ndarray, timeout_s: float) -> tuple[Word, ...]:
         raise OcrUnavailable("tesseract is not installed (Debian: tesseract-ocr tesseract-ocr-eng)")
     from PIL import Image
 
-    scale = 2 if grey.shape[0] < _UPSCALE_BELOW else 1
+    scale = _scale(grey.shape)
     image = Image.fromarray(255 - grey if float(grey.mean()) < 128 else grey)
-    if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.BICUBIC)
+    if scale != 1:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.BOX)
     png = io.BytesIO()
     image.save(png, format="PNG", compress_level=1)
     words: list[Word] = []
@@ -129,7 +132,16 @@ def _run(executable: str, png: bytes, method: int, timeout_s: float) -> str:
     return output.decode("utf-8", "replace")
 
 
-def _words(tsv: str, scale: int, method: int) -> list[Word]:
+def _scale(shape: tuple[int, ...]) -> float:
+    """Small frames are read at twice their size; a large one (a mammogram, 4000 pixels a side,
+    whose labels are tall) at most _LONGEST pixels a side, which keeps Tesseract to seconds."""
+    longest = max(shape[0], shape[1])
+    if shape[0] < _UPSCALE_BELOW and longest * 2 <= _LONGEST:
+        return 2.0
+    return min(1.0, _LONGEST / longest)
+
+
+def _words(tsv: str, scale: float, method: int) -> list[Word]:
     """Tesseract's TSV: level, page, block, par, line, word, left, top, width, height, conf, text."""
     words = []
     for row in tsv.splitlines()[1:]:
@@ -144,7 +156,9 @@ def _words(tsv: str, scale: int, method: int) -> list[Word]:
             continue
         if confidence < _MIN_CONFIDENCE:
             continue
-        box = (left // scale, top // scale, -(-(left + width) // scale), -(-(top + height) // scale))
+        slack = math.ceil(1 / scale) - 1 if scale < 1 else 0  # a shrunk pixel is several of the frame's
+        box = (max(0, int(left / scale) - slack), max(0, int(top / scale) - slack),
+               math.ceil((left + width) / scale) + slack, math.ceil((top + height) / scale) + slack)
         words.append(Word(fields[11].strip(), box, (method, block, par, line), confidence))
     return words
 

@@ -144,7 +144,8 @@ def test_a_site_rule_covers_every_glyph_and_nothing_else(variant: dict[str, obje
     assert out.BurnedInAnnotation == "NO"
     assert "113101" in [item.CodeValue for item in out.DeidentificationMethodCodeSequence]
     if burned.dataset.file_meta.TransferSyntaxUID.is_compressed:
-        assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"  # decoded, masked, written lossless
+        assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"  # decoded, masked, written RLE Lossless
+        assert outcome.result.pixels.written_as == "RLE Lossless"
         if syntax == "jpeg-baseline":
             assert out.LossyImageCompression == "01"  # still said to have been lossy
     else:
