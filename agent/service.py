@@ -19,7 +19,7 @@ from agent.config import Config
 from agent.errors import AgentError
 from agent.clinical import parse_schema
 from agent.clinical.intake import ClinicalIntake
-from agent.deidentify import load_profile
+from agent.deidentify import load_profile, ocr
 from agent.deidentify.pseudonym import Pseudonymiser
 from agent.forward import PlatformClient
 from agent.forward.outbound import Forwarder, Provenance
@@ -113,6 +113,10 @@ class Service:
                   quiet_period_s=self.config.pipeline.quiet_period_s, workers=self.config.pipeline.workers,
                   delivery="on" if self.forwarder is not None else "off (platform.dicomweb_url not set)",
                   clinical="on" if self.clinical is not None else "off")
+        if self.profile.pixels.ocr and not ocr.available():
+            _log.warning("ocr_unavailable", profile=self.profile.name,
+                         detail="tesseract is not installed (Debian: tesseract-ocr tesseract-ocr-eng): every image "
+                                "at risk of burned-in text that no pixel rule covers is quarantined (burned_in_risk)")
 
     def supervise(self) -> None:
         """Called by `serve` every half second, on the main thread."""
