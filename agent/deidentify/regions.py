@@ -15,9 +15,10 @@ so an ultrasound is masked everywhere but its calibrated regions.
 from __future__ import annotations
 
 import re
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from pydicom.datadict import tag_for_keyword
@@ -43,8 +44,13 @@ class Condition:
     pattern: re.Pattern[str] | None
     value: str
 
-    def holds(self, ds: Dataset) -> bool:
-        present, values = _values(ds, self.tag)
+    def holds(self, ds: Dataset, seen: _Seen) -> bool:
+        key = (self.test, self.tag, self.value)  # the same test in many rules is worked out once
+        if key not in seen.results:
+            seen.results[key] = self._holds(*seen.values(ds, self.tag))
+        return seen.results[key]
+
+    def _holds(self, present: bool, values: list[str]) -> bool:
         if self.test == "missing":
             return not present or not values
         if self.test == "present":
@@ -67,8 +73,8 @@ class Line:
     conditions: tuple[Condition, ...]
     operators: tuple[str, ...]  # between the conditions, len(conditions) - 1
 
-    def holds(self, ds: Dataset) -> bool:
-        return _combine([c.holds(ds) for c in self.conditions], self.operators)
+    def holds(self, ds: Dataset, seen: _Seen) -> bool:
+        return _lazily([partial(c.holds, ds, seen) for c in self.conditions], self.operators)
 
 
 @dataclass(frozen=True)
@@ -91,12 +97,32 @@ class RegionRule:
     coordinates: tuple[Coordinates, ...]
     modalities: frozenset[str] = frozenset()  # the manifest's scope for the rule's file; empty: any
 
-    def matches(self, ds: Dataset) -> bool:
-        if self.modalities and str(ds.get("Modality", "") or "").strip().upper() not in self.modalities:
+    def matches(self, ds: Dataset, seen: _Seen | None = None) -> bool:
+        seen = seen or _Seen()
+        if self.modalities and seen.modality(ds) not in self.modalities:
             return False
         if not self.lines:
             return True
-        return _combine([line.holds(ds) for line in self.lines], tuple(line.joiner for line in self.lines[1:]))
+        return _lazily([partial(line.holds, ds, seen) for line in self.lines],
+                       tuple(line.joiner for line in self.lines[1:]))
+
+
+class _Seen:
+    """One image's attribute values and condition results, worked out once for all the rules
+    (a hundred rules ask for Modality and Manufacturer a hundred times)."""
+
+    def __init__(self) -> None:
+        self.results: dict[tuple[str, int | None, str], bool] = {}
+        self._values: dict[int | None, tuple[bool, list[str]]] = {}
+
+    def values(self, ds: Dataset, tag: int | None) -> tuple[bool, list[str]]:
+        if tag not in self._values:
+            self._values[tag] = _values(ds, tag)
+        return self._values[tag]
+
+    def modality(self, ds: Dataset) -> str:
+        present, values = self.values(ds, 0x00080060)
+        return values[0].strip().upper() if values else ""
 
 
 @dataclass(frozen=True)
@@ -128,8 +154,9 @@ def match(ds: Dataset, rules: Iterable[RegionRule], rows: int, columns: int) -> 
     """
     masks: dict[str, np.ndarray] = {}
     labels: dict[str, list[str]] = {}
+    seen = _Seen()
     for rule in rules:
-        if not rule.matches(ds):
+        if not rule.matches(ds, seen):
             continue
         mask = masks.setdefault(rule.source, np.zeros((rows, columns), dtype=bool))
         for coordinates in rule.coordinates:
@@ -256,10 +283,14 @@ def _rectangles(ds: Dataset, coordinates: Coordinates, rows: int, columns: int) 
     return found
 
 
-def _combine(flags: list[bool], operators: tuple[str, ...]) -> bool:
-    result = flags[0] if flags else False
+def _lazily(flags: list[Callable[[], bool]], operators: tuple[str, ...]) -> bool:
+    """Left to right, as written; a term whose operand cannot change the result is not evaluated."""
+    result = flags[0]() if flags else False
     for operator, flag in zip(operators, flags[1:]):
-        result = (result or flag) if operator == "or" else (result and flag)
+        if operator == "or":
+            result = result or flag()
+        else:
+            result = result and flag()
     return result
 
 
