@@ -35,6 +35,7 @@ _NAME_CONFIDENCE = 70  # a lexicon name alone counts only when Tesseract is this
 #: (a masked image's threshold falls into the speckle), Sauvola's local threshold does not; text
 #: either one reads counts.
 _THRESHOLDING = (0, 2)
+_NAME_DETECTORS = frozenset({"name_lexicon", "titled_name"})
 _NAME_INSIDE = 4  # name parts this long are also found inside a longer word
 _CACHE = 64  # frames: the gate re-reads a frame masking did not change, and gets the same words
 
@@ -165,34 +166,71 @@ def _words(tsv: str, scale: float, method: int) -> list[Word]:
 
 def identifying(words: tuple[Word, ...], frame: int, identifiers: SourceIdentifiers, scanner: TextScanner,
                 shape: tuple[int, int], device_words: frozenset[str] = frozenset()) -> list[Hit]:
-    """The words that are, or are part of, an identifier: each line is searched whole (a name
-    is often two words), and each word alone (OCR joins and splits words at random)."""
-    hits: list[Hit] = []
+    """The words that are, or are part of, an identifier.
+
+    Searched three ways, since OCR joins and splits words at random: each line whole (a name is
+    often two words), each word alone, and each run of words that touch on the page read as one
+    (WHIT and TAKERAEDITH are WHITTAKER^EDITH). A word found covers its whole run: the glyphs
+    of one printed word go together, whichever part was recognised.
+    """
+    labels: dict[int, str] = {}
+    label: str | None
     names = _name_parts(identifiers)
-    lines: dict[tuple[int, int, int, int], list[Word]] = {}
-    for word in words:
-        lines.setdefault(word.line, []).append(word)
-    for line_words in lines.values():
+    lines: dict[tuple[int, int, int, int], list[int]] = {}
+    for index, word in enumerate(words):
+        lines.setdefault(word.line, []).append(index)
+    for members in lines.values():
         text, starts = "", []
-        for word in line_words:
+        for index in members:
             starts.append(len(text))
-            text += word.text + " "
+            text += words[index].text + " "
         spans = [(start, end, label) for start, end, label in identifiers.spans(text)]
         for finding in scanner.findings(text, "prose"):
             if finding.detector == "name_lexicon" and not any(
-                    word.could_be_a_name(device_words) for word, begin in zip(line_words, starts)
-                    if begin < finding.end and finding.start < begin + len(word.text)):
+                    words[index].could_be_a_name(device_words) for index, begin in zip(members, starts)
+                    if begin < finding.end and finding.start < begin + len(words[index].text)):
                 continue
             spans.append((finding.start, finding.end, finding.detector))
-        for word, begin in zip(line_words, starts):
-            alone = identifiers.find_in_text(word.text) or _name_inside(word.text, names)
-            if alone is not None:
-                spans.append((begin, begin + len(word.text), alone))
         for start, end, label in spans:
-            for word, begin in zip(line_words, starts):
-                if begin < end and start < begin + len(word.text):
-                    hits.append(Hit(frame, _padded(word.box, shape), label))
-    return hits
+            for index, begin in zip(members, starts):
+                if begin < end and start < begin + len(words[index].text):
+                    labels.setdefault(index, label)
+    runs = _touching(words)
+    for run in runs:
+        joined = "".join(words[index].text for index in run)
+        label = identifiers.find_in_text(joined) or _name_inside(joined, names)
+        if label is None and len(run) > 1:  # a number split in two (943 4765919); not names: speckle
+            found = [f.detector for f in scanner.findings(joined, "kept") if f.detector not in _NAME_DETECTORS]
+            label = found[0] if found else None
+        for index in run:
+            alone = identifiers.find_in_text(words[index].text) or _name_inside(words[index].text, names)
+            label = label or alone
+        if label is None and any(index in labels for index in run):
+            label = next(labels[index] for index in run if index in labels)
+        if label is not None:
+            for index in run:
+                labels.setdefault(index, label)
+    return [Hit(frame, _padded(words[index].box, shape), label) for index, label in sorted(labels.items())]
+
+
+def _touching(words: tuple[Word, ...]) -> list[list[int]]:
+    """Runs of words one binarisation read side by side on one baseline with at most half a
+    character's height between them: one printed word, or a name run together."""
+    order = sorted(range(len(words)), key=lambda i: (words[i].line[0], words[i].box[0]))
+    runs: list[list[int]] = []
+    for index in order:
+        x0, y0, x1, y1 = words[index].box
+        for run in runs:
+            last = words[run[-1]]
+            lx0, ly0, lx1, ly1 = last.box
+            height = max(y1 - y0, ly1 - ly0, 1)
+            overlap = min(y1, ly1) - max(y0, ly0)
+            if last.line[0] == words[index].line[0] and overlap >= height // 2 and -2 <= x0 - lx1 <= height // 2:
+                run.append(index)
+                break
+        else:
+            runs.append([index])
+    return runs
 
 
 def _name_parts(identifiers: SourceIdentifiers) -> dict[str, str]:
