@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # send it a study from another terminal with the command the README gives.
 RUN_ARGS    ?= serve --config config.example.yaml
 
-.PHONY: test run send-sample status bench clean debian-packages venv
+.PHONY: test run send-sample status bench bench-pixels clean debian-packages venv
 
 test: debian-packages $(VENV_STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
@@ -32,6 +32,11 @@ status: $(VENV_STAMP)
 
 bench: $(VENV_STAMP)
 	$(VENV)/bin/python bench/deid.py
+
+# Masking a 30-frame RGB ultrasound cine by a region rule against a pydicom decode+encode, and
+# OCR's cost per frame read (tesseract: scripts/install-debian-packages.sh); about two minutes.
+bench-pixels: $(VENV_STAMP)
+	$(VENV)/bin/python bench/pixels.py
 
 # Always runs: the script itself is a no-op (no apt, no sudo) when all is installed.
 debian-packages:

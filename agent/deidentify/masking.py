@@ -43,7 +43,7 @@ def decode(ds: Dataset) -> bool:
     syntax = UID(_syntax(ds) or "")
     lossy = syntax.is_compressed and not _lossless(syntax)
     try:
-        ds.decompress(as_rgb=True)
+        ds.decompress(as_rgb=True, generate_instance_uid=False)
     except Exception as exc:  # pydicom's and the plugins' errors; their messages name no value
         raise PixelsUndecodable(f"{syntax.name or 'this transfer syntax'} cannot be decoded here "
                                 f"({type(exc).__name__})") from None
@@ -59,7 +59,7 @@ def encode_lossless(ds: Dataset) -> bool:
     if _photometric(ds) not in ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL"):
         return False
     try:
-        ds.compress(RLELossless, encoding_plugin="pylibjpeg")
+        ds.compress(RLELossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
     except Exception:  # an encoder's refusal names no value; native is still lossless
         return False
     return True

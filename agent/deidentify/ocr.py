@@ -30,7 +30,8 @@ _UPSCALE_BELOW = 600  # rows: smaller images are read at twice their size
 _LONGEST = 2048  # pixels: larger frames are read shrunk to this
 _MIN_CONFIDENCE = 10  # Tesseract's confidence below which a "word" is noise (lines, speckle)
 _PAD = 3  # pixels around a word's box that are masked with it (antialiased edges)
-_NAME_CONFIDENCE = 70  # a lexicon name alone counts only when Tesseract is this sure of it
+_NAME_CONFIDENCE = 70
+_NAME_HEIGHT = 7  # pixels of the frame: smaller "words" are speckle  # a lexicon name alone counts only when Tesseract is this sure of it
 #: Tesseract's binarisations, each read: global Otsu misses text once a few bright lines are gone
 #: (a masked image's threshold falls into the speckle), Sauvola's local threshold does not; text
 #: either one reads counts.
@@ -52,12 +53,16 @@ class Word:
     confidence: float = 100.0
 
     def could_be_a_name(self, device_words: frozenset[str]) -> bool:
-        """A lexicon name read by OCR counts only if it reads like one: read with confidence,
-        letters only, capitalised, and not the device's maker (SIEMENS, PHILIPS). Speckle and
-        scan lines read as "ee", "die" or "See" otherwise refuse half of all ultrasounds."""
+        """A lexicon name read by OCR counts only if it reads like one: letters only, capitalised,
+        not the device's maker (SIEMENS, PHILIPS), at least four letters (three if Tesseract is
+        all but sure), and as tall as printed text. Speckle and scan lines read as "ee", "die",
+        "See" or "Ath" otherwise, and refuse half of all ultrasounds."""
         letters = self.text.strip(".,:;'\"()")
-        return (self.confidence >= _NAME_CONFIDENCE and len(letters) >= 3 and letters.isalpha()
-                and letters[0].isupper() and letters.upper() not in device_words)
+        if not (letters.isalpha() and letters[0].isupper() and letters.upper() not in device_words):
+            return False
+        if self.box[3] - self.box[1] < _NAME_HEIGHT:
+            return False
+        return len(letters) >= 4 and self.confidence >= _NAME_CONFIDENCE or len(letters) == 3 and self.confidence >= 90
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,9 @@ def test_a_site_rule_covers_every_glyph_and_nothing_else(variant: dict[str, obje
         assert len(np.unique(frame.reshape(frame.shape[0], -1), axis=0)) == 1
     assert out.BurnedInAnnotation == "NO"
     assert "113101" in [item.CodeValue for item in out.DeidentificationMethodCodeSequence]
+    # The keyed pseudonymous UID, not one a codec made up: the same source gives the same output.
+    assert out.SOPInstanceUID == outcome.result.uid_map[burned.dataset.SOPInstanceUID]
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
     if burned.dataset.file_meta.TransferSyntaxUID.is_compressed:
         assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"  # decoded, masked, written RLE Lossless
         assert outcome.result.pixels.written_as == "RLE Lossless"
