@@ -137,7 +137,7 @@ def rgb_frame(ds: Dataset, index: int) -> np.ndarray:
     """One frame as 8-bit RGB, as a viewer would show it (greyscale stretched to its range)."""
     from pydicom.pixels.processing import apply_color_lut, convert_color_space
 
-    view, layout = _view(ds)
+    view, layout = _view(ds, writable=False)
     photometric = _photometric(ds)
     frame = view[index]
     if layout == "422":
@@ -174,8 +174,9 @@ def frame_count(ds: Dataset) -> int:
 # -- the stored layout -----------------------------------------------------------------------
 
 
-def _view(ds: Dataset) -> tuple[np.ndarray, str]:
-    """A writable array over a copy of the native pixel data, and its layout name."""
+def _view(ds: Dataset, *, writable: bool = True) -> tuple[np.ndarray, str]:
+    """An array over the native pixel data, and its layout name: writable over a copy, or a
+    read-only view of the data itself (reading frames for OCR copies nothing)."""
     if not is_native(ds):
         raise PixelsUndecodable("pixel data is compressed")
     try:
@@ -194,7 +195,7 @@ def _view(ds: Dataset) -> tuple[np.ndarray, str]:
         needed = frames * rows * columns * 2
     if len(data) < needed:
         raise PixelsUndecodable("Pixel Data is shorter than its image")
-    buffer = np.frombuffer(bytearray(data), dtype=np.uint8)
+    buffer = np.frombuffer(bytearray(data) if writable else data, dtype=np.uint8)
     if bits == 1:
         if samples != 1:
             raise PixelsUndecodable("single-bit colour is not an image layout")
