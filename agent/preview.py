@@ -327,8 +327,9 @@ def _pixels(pixels: PixelReport) -> str:
         still = sorted({h.label for h in pixels.gate_hits})
         rows.append(("Release gate", f"read frame(s) {_frames(pixels.gate_frames)} of the output: "
                      + (f"<b>still reads {e(', '.join(still))}</b>" if still else "nothing identifying")))
-    rows.append(("Pixels", ("masked" + (f" (decoded from {e(pixels.reencoded)}, written uncompressed)"
-                                        if pixels.reencoded else "")) if pixels.masked else "not changed"))
+    written = e(pixels.written_as or "uncompressed")
+    coded = f" (decoded from {e(pixels.reencoded)}, written {written})" if pixels.reencoded else ""
+    rows.append(("Pixels", ("masked" if pixels.masked else "not masked") + coded))
     if pixels.note:
         rows.append(("Note", e(pixels.note)))
     body = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in rows)

@@ -144,10 +144,11 @@ class InstanceProcessor:
         try:
             report = self.pixels.clean(ds, decision, result.identifiers)
         except PixelsUndecodable as exc:
-            raise Refused(Refusal(Reason.PIXELS_UNDECODABLE, f"pixels to be masked: {exc}")) from None
+            raise Refused(Refusal(Reason.PIXELS_UNDECODABLE, f"pixels to be cleaned: {exc}")) from None
         except OcrUnavailable as exc:
+            reason = decision.risk.reason if decision.risk else Reason.BURNED_IN_RISK
             detail = decision.risk.detail if decision.risk else "burned-in text"
-            raise Refused(Refusal(Reason.BURNED_IN_RISK, f"{detail}; OCR cannot read it: {exc}")) from None
+            raise Refused(Refusal(reason, f"{detail}; OCR cannot read it: {exc}")) from None
         if report.masked:
             self.deidentifier.mark_pixels_cleaned(ds, result.changes)
         return report

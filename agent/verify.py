@@ -48,16 +48,16 @@ _NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "AT", "SV", "UV", "
 _BYTES_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN", "OB or OW", "US or OW", "US or SS or OW"})
 
 
-def screen(ds: Dataset, profile: Profile, pixels: PixelDecision | None = None) -> Refusal | None:
+def screen(ds: Dataset, profile: Profile, decision: PixelDecision | None = None) -> Refusal | None:
     """Refuse, from the source's header alone, what the profile cannot make safe: documents,
     classes it does not know, and images at risk of burned-in text that no pixel rule or OCR
-    can clean (`pixels`: the decision already made for this source, if it was)."""
+    can clean (`decision`: the pixel decision already made for this source, if it was)."""
     sop_class = str(ds.get("SOPClassUID", "") or "")
     if _ENCAPSULATED.match(sop_class) or ENCAPSULATED_DOCUMENT in ds:
         return Refusal(Reason.ENCAPSULATED_DOCUMENT, f"SOP class {sop_class}: documents are not de-identified")
-    pixels = pixels or burnedin.decide(ds, profile)
-    if pixels.refusal is not None:
-        return pixels.refusal
+    decision = decision or burnedin.decide(ds, profile)
+    if decision.refusal is not None:
+        return decision.refusal
     if sop_class not in profile.sop_classes:  # scope (agent/deidentify/scope.py) excludes valid ones first
         return Refusal(Reason.UNKNOWN_SOP_CLASS, "SOP Class UID missing or not a UID" if not sop_class or
                        not _UID.match(sop_class) else f"SOP class {sop_class} is not accepted by profile {profile.name}")
@@ -102,7 +102,7 @@ def verify_pixels(encoded: bytes, result: DeidentifiedInstance, profile: Profile
         return None
     try:
         out = dcmread(io.BytesIO(encoded))
-        report.gate_frames, report.gate_hits, _ = cleaner.read(out, result.identifiers, report.device_words)
+        report.gate_frames, report.gate_hits, _ = cleaner.read(out, result.identifiers, report.every_frame)
     except masking.PixelsUndecodable as exc:
         return Refusal(Reason.PIXELS_UNDECODABLE, f"the output's pixels cannot be read back: {exc}")
     except ocr.OcrUnavailable as exc:

@@ -5,8 +5,8 @@ signed or not), RGB and YBR_FULL (either planar configuration), YBR_FULL_422 (a 
 shares its chroma, so a pair touched by the mask is covered whole), PALETTE COLOR (the index of the
 darkest palette entry), and single-bit images. The fill is the image's own darkest value, so a
 covered area reads as background whatever the window. Compressed pixel data is decoded first
-(pydicom's decoders: RLE, and pylibjpeg for JPEG, JPEG-LS and JPEG 2000) and written native,
-which is lossless; lossy input stays marked as lossy and is never compressed again.
+(pydicom's decoders: RLE, and pylibjpeg for JPEG, JPEG-LS and JPEG 2000) and written RLE
+Lossless (`encode_lossless`); lossy input stays marked as lossy and is never compressed lossy.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ PIXEL_DATA = 0x7FE00010
 _FLOAT_PIXEL_DATA = (0x7FE00008, 0x7FE00009)
 _GREY = ("MONOCHROME1", "MONOCHROME2")
 _THREE = ("RGB", "YBR_FULL")
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"  # retired, still read by `check` and `anonymise`
 
 
 class PixelsUndecodable(Exception):
@@ -45,7 +46,7 @@ def decode(ds: Dataset) -> bool:
     try:
         ds.decompress(as_rgb=True, generate_instance_uid=False)
     except Exception as exc:  # pydicom's and the plugins' errors; their messages name no value
-        raise PixelsUndecodable(f"{syntax.name or 'this transfer syntax'} cannot be decoded here "
+        raise PixelsUndecodable(f"{syntax.name if syntax.is_transfer_syntax else 'this transfer syntax'} cannot be decoded here "
                                 f"({type(exc).__name__})") from None
     if lossy and str(ds.get("LossyImageCompression", "") or "") != "01":
         ds.LossyImageCompression = "01"  # PS3.3 C.7.6.1.1.5: once lossy, always said to be
@@ -66,8 +67,8 @@ def encode_lossless(ds: Dataset) -> bool:
 
 
 def native_copy(ds: Dataset) -> Dataset:
-    """`ds`'s image (Image Pixel attributes and Pixel Data) in a new dataset, decoded if it was
-    compressed; `ds` itself is left as it is. Elements are new: pydicom decodes in place."""
+    """`ds` itself when its pixel data is native; else its image (Image Pixel attributes and
+    Pixel Data) decoded in a new dataset, `ds` left as it is (pydicom decodes in place)."""
     if is_native(ds):
         return ds
     image = Dataset()
@@ -124,18 +125,45 @@ def clear_unused_bits(ds: Dataset) -> bool:
 
 
 def grey_frames(ds: Dataset, indices: list[int]) -> list[np.ndarray]:
-    """The frames at `indices` as 8-bit greyscale, light text made dark on light, for OCR."""
+    """The frames at `indices` as 8-bit greyscale for OCR: each pixel's largest difference, in
+    any channel, from the frame's median colour, stretched to the frame's range. Text of any
+    colour on any background becomes bright on dark: red on a grey of the same luminance, dark
+    print on a light label, and a 16-bit image whose text is a few levels above its background."""
     frames = []
     for index in indices:
-        rgb = rgb_frame(ds, index)
-        grey = (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).astype(np.uint8)
-        frames.append(grey)
+        values = _displayed(ds, index).astype(np.float32)
+        median = np.median(values.reshape(-1, values.shape[-1]), axis=0)
+        distance = np.abs(values - median).max(axis=-1)
+        high = float(distance.max(initial=0.0))
+        scaled = distance * (255.0 / high) if high > 0 else distance
+        frames.append(scaled.astype(np.uint8))
     return frames
+
+
+def _displayed(ds: Dataset, index: int) -> np.ndarray:
+    """A frame as the numbers a viewer shows, channels last: stored values for greyscale (every
+    bit of Bits Stored, not a window), RGB for colour, the palette's colours for PALETTE COLOR."""
+    from pydicom.pixels.processing import convert_color_space
+
+    view, layout = _view(ds, writable=False)
+    photometric = _photometric(ds)
+    frame = view[index]
+    if layout == "422":
+        luma = frame[..., 0:2].reshape(frame.shape[0], -1)
+        ycc = np.dstack([luma, np.repeat(frame[..., 2], 2, axis=1), np.repeat(frame[..., 3], 2, axis=1)])
+        return np.asarray(convert_color_space(ycc, "YBR_FULL", "RGB"))
+    if layout == "planar":
+        frame = np.moveaxis(frame, 0, -1)
+    if layout in ("planar", "interleaved"):
+        return np.asarray(convert_color_space(frame, "YBR_FULL", "RGB")) if photometric == "YBR_FULL" else frame
+    if photometric == "PALETTE COLOR":
+        return _palette_colours(ds, frame)
+    return _values(ds, frame)[..., np.newaxis]
 
 
 def rgb_frame(ds: Dataset, index: int) -> np.ndarray:
     """One frame as 8-bit RGB, as a viewer would show it (greyscale stretched to its range)."""
-    from pydicom.pixels.processing import apply_color_lut, convert_color_space
+    from pydicom.pixels.processing import convert_color_space
 
     view, layout = _view(ds, writable=False)
     photometric = _photometric(ds)
@@ -152,11 +180,11 @@ def rgb_frame(ds: Dataset, index: int) -> np.ndarray:
             data = np.asarray(convert_color_space(data, "YBR_FULL", "RGB"), dtype=np.uint8)
         return np.ascontiguousarray(data)
     if photometric == "PALETTE COLOR":
-        colour = np.asarray(apply_color_lut(_values(ds, frame), ds))
+        colour = _palette_colours(ds, frame)
         shift = 8 if colour.max(initial=0) > 255 else 0
         return (colour >> shift).astype(np.uint8)
     values = _values(ds, frame).astype(np.float64)
-    low, high = float(values.min(initial=0)), float(values.max(initial=0))
+    low, high = float(values.min()), float(values.max())
     scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
     if photometric == "MONOCHROME1":
         scaled = 255.0 - scaled
@@ -203,7 +231,7 @@ def _view(ds: Dataset, *, writable: bool = True) -> tuple[np.ndarray, str]:
         return bits_array.reshape(frames, rows, columns).copy(), "bits"
     if bits not in (8, 16, 32):
         raise PixelsUndecodable(f"Bits Allocated {bits} is not masked")
-    dtype = np.dtype(f"<u{bits // 8}")
+    dtype = np.dtype(f"{'>' if _syntax(ds) == _BIG_ENDIAN else '<'}u{bits // 8}")
     if photometric == "YBR_FULL_422":
         if bits != 8 or samples != 3 or columns % 2:
             raise PixelsUndecodable("YBR_FULL_422 other than 8-bit with even columns")
@@ -213,10 +241,10 @@ def _view(ds: Dataset, *, writable: bool = True) -> tuple[np.ndarray, str]:
     values = buffer[: count * dtype.itemsize].view(dtype)
     if samples == 1:
         if photometric not in _GREY and photometric != "PALETTE COLOR":
-            raise PixelsUndecodable(f"Photometric Interpretation {photometric or 'missing'} with one sample")
+            raise PixelsUndecodable("a Photometric Interpretation masking does not handle, with one sample")
         return values.reshape(frames, rows, columns), "grey"
     if samples != 3 or photometric not in _THREE:
-        raise PixelsUndecodable(f"Photometric Interpretation {photometric or 'missing'} is not masked")
+        raise PixelsUndecodable("a Photometric Interpretation or Samples per Pixel masking does not handle")
     if planar == 1:
         return values.reshape(frames, 3, rows, columns), "planar"
     return values.reshape(frames, rows, columns, 3), "interleaved"
@@ -265,24 +293,48 @@ def _values(ds: Dataset, frame: np.ndarray) -> np.ndarray:
 
 def _grey_fill(ds: Dataset, view: np.ndarray, photometric: str) -> int:
     """The stored value that shows darkest: the darkest palette entry, or the image's own
-    extreme (lowest for MONOCHROME2, highest for MONOCHROME1)."""
+    extreme (lowest for MONOCHROME2, highest for MONOCHROME1), found a frame at a time."""
     if photometric == "PALETTE COLOR":
         return _darkest_palette_index(ds, view)
-    values = _values(ds, view)
-    flat = int(values.argmax() if photometric == "MONOCHROME1" else values.argmin())
-    return int(view.reshape(-1)[flat])
+    best: tuple[int, int] | None = None  # (meaning, stored value)
+    for frame in view:
+        values = _values(ds, frame)
+        flat = int(values.argmax() if photometric == "MONOCHROME1" else values.argmin())
+        meaning = int(values.reshape(-1)[flat])
+        if best is None or (meaning > best[0] if photometric == "MONOCHROME1" else meaning < best[0]):
+            best = (meaning, int(frame.reshape(-1)[flat]))
+    assert best is not None
+    return best[1]
+
+
+def _palette(ds: Dataset) -> tuple[int, int]:
+    """(first index mapped, number of entries) of the palette."""
+    try:
+        descriptor = ds.RedPaletteColorLookupTableDescriptor
+        entries, first = int(descriptor[0]) or 65536, int(descriptor[1])
+    except Exception:  # a damaged descriptor
+        raise PixelsUndecodable("the palette cannot be read") from None
+    return first, entries
+
+
+def _palette_colours(ds: Dataset, frame: np.ndarray) -> np.ndarray:
+    """The frame through its palette. An index outside the table refuses the image: the table
+    would show it as its first or last colour, and text drawn in such indices as nothing."""
+    from pydicom.pixels.processing import apply_color_lut
+
+    first, entries = _palette(ds)
+    if int(frame.min(initial=first)) < first or int(frame.max(initial=first)) >= first + entries:
+        raise PixelsUndecodable("pixel values outside the palette's table")
+    try:
+        return np.asarray(apply_color_lut(frame, ds))
+    except Exception:  # a damaged table (odd length, missing, bad bits): pydicom raises many types
+        raise PixelsUndecodable("the palette cannot be read") from None
 
 
 def _darkest_palette_index(ds: Dataset, view: np.ndarray) -> int:
-    from pydicom.pixels.processing import apply_color_lut
-
-    try:
-        entries, first = int(ds.RedPaletteColorLookupTableDescriptor[0]), int(ds.RedPaletteColorLookupTableDescriptor[1])
-        entries = entries or 65536
-        indices = np.arange(first, first + entries, dtype=view.dtype)
-        colours = np.asarray(apply_color_lut(indices, ds)).astype(np.int64).reshape(-1, 3)
-    except Exception:  # a damaged palette: nothing can say which index is dark
-        raise PixelsUndecodable("the palette cannot be read") from None
+    first, entries = _palette(ds)
+    indices = np.arange(first, first + entries, dtype=np.int64).astype(view.dtype)
+    colours = _palette_colours(ds, indices).astype(np.int64).reshape(-1, 3)
     return int(indices[int(colours.sum(axis=1).argmin())])
 
 

@@ -4,7 +4,7 @@ OCR finds the unknown: text on an image no region rule describes. It is only as 
 Tesseract reads, so it runs on at-risk images only, twice (to find what to mask, then again on
 the output, by the release gate), and a word it reads is judged by the same searches the gate
 runs on header text: the source's own identifiers in every written form and near misses, and the
-detectors (names, NHS numbers, dates, postcodes, phone numbers). Small images are read at twice
+detectors (NHS numbers, dates, postcodes, phone numbers, titled names). Small images are read at twice
 their size, light text on a dark image is read inverted, which is how Tesseract reads best, and
 each frame is read with two binarisations (global and local).
 """
@@ -28,10 +28,8 @@ from agent.detectors.scan import TextScanner
 
 _UPSCALE_BELOW = 600  # rows: smaller images are read at twice their size
 _LONGEST = 2048  # pixels: larger frames are read shrunk to this
-_MIN_CONFIDENCE = 10  # Tesseract's confidence below which a "word" is noise (lines, speckle)
+_MIN_CONFIDENCE = 0  # every word Tesseract reads is searched: an ID read at confidence 5 is still the ID
 _PAD = 3  # pixels around a word's box that are masked with it (antialiased edges)
-_NAME_CONFIDENCE = 70
-_NAME_HEIGHT = 7  # pixels of the frame: smaller "words" are speckle  # a lexicon name alone counts only when Tesseract is this sure of it
 #: Tesseract's binarisations, each read: global Otsu misses text once a few bright lines are gone
 #: (a masked image's threshold falls into the speckle), Sauvola's local threshold does not; text
 #: either one reads counts.
@@ -52,17 +50,6 @@ class Word:
     line: tuple[int, int, int, int]  # thresholding method, and Tesseract's block, paragraph and line
     confidence: float = 100.0
 
-    def could_be_a_name(self, device_words: frozenset[str]) -> bool:
-        """A lexicon name read by OCR counts only if it reads like one: letters only, capitalised,
-        not the device's maker (SIEMENS, PHILIPS), at least four letters (three if Tesseract is
-        all but sure), and as tall as printed text. Speckle and scan lines read as "ee", "die",
-        "See" or "Ath" otherwise, and refuse half of all ultrasounds."""
-        letters = self.text.strip(".,:;'\"()")
-        if not (letters.isalpha() and letters[0].isupper() and letters.upper() not in device_words):
-            return False
-        if self.box[3] - self.box[1] < _NAME_HEIGHT:
-            return False
-        return len(letters) >= 4 and self.confidence >= _NAME_CONFIDENCE or len(letters) == 3 and self.confidence >= 90
 
 
 @dataclass(frozen=True)
@@ -170,7 +157,7 @@ def _words(tsv: str, scale: float, method: int) -> list[Word]:
 
 
 def identifying(words: tuple[Word, ...], frame: int, identifiers: SourceIdentifiers, scanner: TextScanner,
-                shape: tuple[int, int], device_words: frozenset[str] = frozenset()) -> list[Hit]:
+                shape: tuple[int, int]) -> list[Hit]:
     """The words that are, or are part of, an identifier.
 
     Searched three ways, since OCR joins and splits words at random: each line whole (a name is
@@ -191,11 +178,11 @@ def identifying(words: tuple[Word, ...], frame: int, identifiers: SourceIdentifi
             text += words[index].text + " "
         spans = [(start, end, label) for start, end, label in identifiers.spans(text)]
         for finding in scanner.findings(text, "prose"):
-            if finding.detector == "name_lexicon" and not any(
-                    words[index].could_be_a_name(device_words) for index, begin in zip(members, starts)
-                    if begin < finding.end and finding.start < begin + len(words[index].text)):
-                continue
-            spans.append((finding.start, finding.end, finding.detector))
+            # A lexicon name alone is not searched for in what OCR reads: speckle, scan lines and
+            # words the masking cut short read as names ("Ath", "Gener"), and the source's own
+            # names (the patient's, the staff's) are searched for as identifiers.
+            if finding.detector != "name_lexicon":
+                spans.append((finding.start, finding.end, finding.detector))
         for start, end, label in spans:
             for index, begin in zip(members, starts):
                 if begin < end and start < begin + len(words[index].text):
@@ -219,22 +206,25 @@ def identifying(words: tuple[Word, ...], frame: int, identifiers: SourceIdentifi
 
 
 def _touching(words: tuple[Word, ...]) -> list[list[int]]:
-    """Runs of words one binarisation read side by side on one baseline with at most half a
-    character's height between them: one printed word, or a name run together."""
-    order = sorted(range(len(words)), key=lambda i: (words[i].line[0], words[i].box[0]))
+    """Runs of words read side by side on one line with at most half a character's height
+    between them: one printed word, or a name run together. Linear in the words of a line."""
+    lines: dict[tuple[int, int, int, int], list[int]] = {}
+    for index, word in enumerate(words):
+        lines.setdefault(word.line, []).append(index)
     runs: list[list[int]] = []
-    for index in order:
-        x0, y0, x1, y1 = words[index].box
-        for run in runs:
-            last = words[run[-1]]
-            lx0, ly0, lx1, ly1 = last.box
+    for members in lines.values():
+        members.sort(key=lambda i: words[i].box[0])
+        run = [members[0]]
+        for index in members[1:]:
+            x0, y0, _, y1 = words[index].box
+            _, ly0, lx1, ly1 = words[run[-1]].box
             height = max(y1 - y0, ly1 - ly0, 1)
-            overlap = min(y1, ly1) - max(y0, ly0)
-            if last.line[0] == words[index].line[0] and overlap >= height // 2 and -2 <= x0 - lx1 <= height // 2:
+            if min(y1, ly1) - max(y0, ly0) >= height // 2 and -2 <= x0 - lx1 <= height // 2:
                 run.append(index)
-                break
-        else:
-            runs.append([index])
+            else:
+                runs.append(run)
+                run = [index]
+        runs.append(run)
     return runs
 
 

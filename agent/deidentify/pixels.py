@@ -28,6 +28,8 @@ def expected_length(ds: Dataset) -> int | None:
         return None
     if min(rows, columns, samples, bits, frames) <= 0:
         return None
+    if str(ds.get("PhotometricInterpretation", "") or "").strip().upper() == "YBR_FULL_422":
+        samples = 2  # a pair of pixels shares its Cb and Cr: two samples a pixel, not three
     bits_total = rows * columns * samples * frames * bits
     length = (bits_total + 7) // 8
     return length + length % 2

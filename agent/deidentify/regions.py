@@ -32,6 +32,11 @@ Rect = tuple[int, int, int, int]  # x0, y0, x1, y1: columns x0..x1-1, rows y0..y
 ALL = "all"
 _REGIONS = "SequenceOfUltrasoundRegions"
 _TESTS = {"contains", "notcontains", "equals", "notequals", "missing", "present", "empty"}
+_PRESENCE_TESTS = {"missing", "present", "empty"}
+#: A line deid understands inside a %filter section; deid drops any other line without a word,
+#: and a rule that lost its conditions would match every image.
+_FILTER_LINE = re.compile(r"^\s*(?:(?:\+|\|\|)\s*)?(?:" + "|".join(sorted(_TESTS)) +
+                          r")\s+\S|^\s*(?:ctp)?(?:keep)?coordinates\s+\S|^\s*LABEL\b|^\s*%|^\s*FORMAT\b", re.IGNORECASE)
 _MAX_VALUE_CHARS = 1024  # a longer header value is not matched (a hostile value costs nothing)
 
 
@@ -198,6 +203,7 @@ def load(path: Path, modalities: frozenset[str] = frozenset()) -> tuple[RegionRu
     """The graylist rules with rectangles of one deid filter file; other sections are ignored."""
     from agent.deidentify.profile import parse_deid  # deferred: the profile loader imports this module
 
+    _check_lines(path)
     recipe = parse_deid(path)
     filters: dict[str, Any] = recipe.get_filters() or {}
     rules = []
@@ -211,15 +217,35 @@ def load(path: Path, modalities: frozenset[str] = frozenset()) -> tuple[RegionRu
     return tuple(rules)
 
 
+def _check_lines(path: Path) -> None:
+    """Every line of a %filter section must be one deid reads: a misspelt test is an error here."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot be read ({type(exc).__name__})") from None
+    in_filter = False
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("%"):
+            in_filter = line.lower().startswith("%filter")
+        if in_filter and line and not _FILTER_LINE.match(line):
+            raise ProfileError(f"{path}:{number}: not a line deid reads in a %filter section "
+                               f"(LABEL, a test such as `+ contains Modality US`, or coordinates)")
+
+
 def _line(group: dict[str, Any], index: int, path: Path, label: str) -> Line:
-    tests, fields, values = group.get("action", []), group.get("field", []), group.get("value", [])
+    tests, fields, values = group.get("action", []), group.get("field", []), list(group.get("value", []))
     conditions = []
     for position, test in enumerate(tests):
         test = str(test).lower().strip()
         if test not in _TESTS:
             raise ProfileError(f"{path}: LABEL {label}: unknown test {test!r} (expected one of {sorted(_TESTS)})")
         field = str(fields[position]) if position < len(fields) else ""
-        value = str(values[position]) if position < len(values) and test not in ("missing", "present", "empty") else ""
+        value = ""
+        if test not in _PRESENCE_TESTS:  # deid lists values only for the tests that take one
+            if not values:
+                raise ProfileError(f"{path}: LABEL {label}: {test} {field} needs a value")
+            value = str(values.pop(0))
         pattern = None
         if test in ("contains", "notcontains"):
             try:

@@ -202,15 +202,32 @@ def test_text_ocr_finds_outside_the_identifiers_is_kept_and_the_image_passes(sit
     assert "113101" not in [item.CodeValue for item in out.DeidentificationMethodCodeSequence]
 
 
-def test_the_gate_refuses_an_image_whose_identifiers_stay_readable(site_key: SiteKey, tmp_path: Path) -> None:
-    """A rule that covers the wrong place: OCR does not run first (a rule matched), and the gate's
-    OCR of the output reads the name and refuses it, naming boxes and kinds, never the text."""
-    burned = burned_image()
+def test_ocr_also_reads_an_image_a_rule_covered_and_covers_what_the_rule_missed(site_key: SiteKey,
+                                                                                tmp_path: Path) -> None:
+    """A rule that covers the wrong place (the device moved its text): OCR still reads the
+    at-risk image after the rule, and covers the identifying lines the rule left."""
+    burned = burned_image(texts=IDENTIFYING)
     wrong = Burned(burned.dataset, ((0, 400, 100, 440),), ("elsewhere",))
     outcome = InstanceProcessor(_site_profile(tmp_path, wrong), site_key).process(_encode(burned.dataset), "synthetic")
-    assert outcome.status == "quarantined"
-    assert outcome.refusal.reason.value == "burned_in_text"
-    assert "patient_name" in outcome.refusal.detail and "SMITH" not in outcome.refusal.detail.upper()
+    assert outcome.status == "passed", outcome.refusal
+    report = outcome.result.pixels
+    assert report.rules and report.ocr_hits and "patient_name" in {hit.label for hit in report.ocr_hits}
+    assert not [value for value in SHOWN if value in _read_back(outcome)]
+
+
+def test_the_gate_refuses_output_pixels_whose_identifiers_stay_readable(site_key: SiteKey, tmp_path: Path) -> None:
+    """The gate reads the encoded output, not what the masking step believes it wrote: given
+    bytes whose text is still there, it refuses them, naming kinds and boxes, never the text."""
+    from agent.verify import verify_pixels
+
+    burned = burned_image(texts=IDENTIFYING)
+    processor = InstanceProcessor(load_profile("nmip"), site_key)
+    outcome = processor.process(_encode(burned.dataset), "synthetic")
+    assert outcome.status == "passed", outcome.refusal
+    unmasked = burned_image(texts=IDENTIFYING)  # the same image, text and all, as if masking had failed
+    refusal = verify_pixels(_encode(unmasked.dataset), outcome.result, processor.profile, processor.pixels)
+    assert refusal is not None and refusal.reason.value == "burned_in_text"
+    assert "patient_name" in refusal.detail and "SMITH" not in refusal.detail.upper()
 
 
 def test_pixels_that_cannot_be_decoded_are_quarantined(site_key: SiteKey, tmp_path: Path) -> None:

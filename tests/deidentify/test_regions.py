@@ -116,3 +116,17 @@ def test_a_damaged_value_matches_nothing_and_a_long_one_is_not_read(tmp_path: Pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns of a value longer than its VR allows
         assert match(_header(Manufacturer="acme" + "x" * 5000), rules, 100, 200) is None
+
+
+def test_values_line_up_with_the_tests_that_take_one(tmp_path: Path) -> None:
+    """deid lists values only for tests that take one: `present Rows + notcontains Manufacturer
+    ACME` must test the Manufacturer against ACME, not against nothing."""
+    rules = _rules(tmp_path, "LABEL L\n  present Rows\n  + notcontains Manufacturer ACME\n  coordinates 0,0,10,10")
+    assert match(_header(), rules, 100, 200) is None  # Acme Medical contains ACME
+    assert match(_header(Manufacturer="Other"), rules, 100, 200) is not None
+
+
+def test_a_line_deid_would_drop_is_an_error(tmp_path: Path) -> None:
+    """deid drops a misspelt test without a word; the rule would then match every image."""
+    with pytest.raises(ProfileError, match=r"site.pixels:6: not a line deid reads"):
+        _rules(tmp_path, "LABEL L\n  contain Modality US\n  coordinates 0,0,10,10")
