@@ -24,8 +24,13 @@ var/site.key: | $(VENV_STAMP)
 # From another terminal while `make run` is up: send a public sample CT as the PACS would, then
 # look at the agent's state (the study is de-identified once the quiet period, 60 s, has passed).
 SAMPLE = $$($(VENV)/bin/python -c "from pydicom.data import get_testdata_file as g; print(g('CT_small.dcm'))")
+# DCMTK's storescu when it is installed (Debian: dcmtk), else pynetdicom's, from the virtualenv.
 send-sample: $(VENV_STAMP)
-	TCP_NODELAY=1 storescu -v -aet STORESCU -aec NMIP_AGENT 127.0.0.1 11112 $(SAMPLE)
+	@if [ -x /usr/bin/storescu ]; then \
+		TCP_NODELAY=1 /usr/bin/storescu -v -aet STORESCU -aec NMIP_AGENT 127.0.0.1 11112 $(SAMPLE); \
+	else \
+		$(VENV)/bin/python -m pynetdicom storescu -v -aet STORESCU -aec NMIP_AGENT 127.0.0.1 11112 $(SAMPLE); \
+	fi
 
 status: $(VENV_STAMP)
 	$(VENV)/bin/nmip-agent status --config config.example.yaml

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -26,11 +26,12 @@ if TYPE_CHECKING:
     from agent.preview import PreviewEntry
 
 # Tracebacks with local variables would print identifiers: typer's pretty exceptions are off.
+# Plain help (rich_markup_mode=None): the rich layout shows `<bool>` beside every flag.
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="On-site DICOM de-identification agent.",
-    pretty_exceptions_enable=False, pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False, pretty_exceptions_show_locals=False, rich_markup_mode=None,
 )
-keys_app = typer.Typer(no_args_is_help=True, help="Create and inspect the site's pseudonymisation key.")
+keys_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Create and inspect the site's pseudonymisation key.")
 app.add_typer(keys_app, name="keys")
 
 # Piped output (a report saved to a file) gets wide tables instead of 80 columns of folded text.
@@ -93,7 +94,7 @@ def keys_csr(
 
 @app.command()
 def check(
-    paths: Annotated[list[Path], typer.Argument(help="DICOM files to dry-run.")],
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files, or folders (every file under them), to dry-run.")],
     profile: ProfileName,
     key_file: KeyFile,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -117,7 +118,7 @@ def check(
     previews: list[PreviewEntry] = []
     taken: set[str] = set()  # PNG names written: the same instance given twice is not overwritten
     worst = 0
-    for path in paths:
+    for path in _files_under(paths):
         report, outcome = _check_one(processor, path, changed_only)
         if preview is not None:
             previews.append(_preview_entry(report, outcome, preview, taken))
@@ -135,15 +136,46 @@ def check(
                                  key_id=processor.deidentifier.key_id)
         except OSError as exc:
             raise UsageError(f"{preview}: cannot write the preview ({exc.strerror})") from None
+    summary = _summary(reports)
+    if not as_json and len(reports) > 1:
+        out.rule("summary")
+        out.print(summary["text"])
     if as_json:
         data: dict[str, Any] = {"profile": processor.profile.name, "key_id": processor.deidentifier.key_id,
-                                "files": reports}
+                                "files": reports, "summary": summary["counts"]}
         if page is not None:
             data["preview"] = str(page)
         out.print_json(data=data)
     if page is not None:  # on stderr under --json: stdout stays one JSON document
         (err if as_json else out).print(f"preview: {escape(str(page))} (holds source values: keep on site)")
     raise typer.Exit(worst)
+
+
+def _files_under(paths: list[Path]) -> Iterator[Path]:
+    """The files given, and every file under a folder given (in a stable order), as `anonymise`
+    takes a folder."""
+    from agent.batch import iter_files
+
+    for path in paths:
+        if path.is_dir():
+            yield from (Path(found) for found in iter_files(path))
+        else:
+            yield path
+
+
+def _summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts per verdict, and per reason of what would be quarantined or excluded."""
+    verdicts: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    for report in reports:
+        verdicts[report["verdict"]] = verdicts.get(report["verdict"], 0) + 1
+        if report.get("reason"):
+            key = f"{report['verdict']} {report['reason']}"
+            reasons[key] = reasons.get(key, 0) + 1
+    text = f"{len(reports)} file(s): " + ", ".join(f"{n} {verdict}" for verdict, n in sorted(verdicts.items()))
+    if reasons:
+        text += "\n" + "\n".join(f"  {key}: {n}" for key, n in sorted(reasons.items()))
+    return {"counts": {"files": len(reports), "verdicts": verdicts, "reasons": reasons}, "text": text}
 
 
 def _check_one(processor: Any, path: Path, changed_only: bool) -> tuple[dict[str, Any], Any]:
@@ -272,7 +304,7 @@ def anonymise(
 
 
 ConfigFile = Annotated[Path, typer.Option("--config", help="The agent's YAML configuration (see config.example.yaml).")]
-quarantine_app = typer.Typer(no_args_is_help=True, help="Look at and act on quarantined studies.")
+quarantine_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Look at and act on quarantined studies.")
 app.add_typer(quarantine_app, name="quarantine")
 
 
@@ -339,7 +371,10 @@ def quarantine_list(config: ConfigFile) -> None:
     from agent import config as config_module
     from agent.operate import status as read_status
 
-    for entry in read_status(config_module.load(config))["quarantine"]:
+    entries = read_status(config_module.load(config))["quarantine"]
+    if not entries:
+        out.print("The quarantine is empty: nothing is held on site.")
+    for entry in entries:
         rest = "" if entry["study_state"] == "quarantined" else f"  (the rest of the study: {entry['study_state']})"
         out.print(f"{entry['study_key']}  {entry['reason']}  {entry['instances']} instance(s){rest}")
         for series in entry["series"]:

@@ -232,7 +232,9 @@ class Receiver:
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(str(context.abstract_syntax), TRANSFER_SYNTAXES)
-        ae.require_called_aet = True
+        # The called AE title is checked in `_on_requested`, which logs what was wrong: pynetdicom's
+        # own check rejects before any handler runs, and a PACS set up with a typo met silence.
+        ae.require_called_aet = False
         # Associations are counted by `_take_slot`, from allowed peers only: pynetdicom's own count
         # includes connections that never associate, which a crowd of them would use up.
         ae.maximum_associations = 100_000
@@ -411,10 +413,17 @@ class Receiver:
     def _on_requested(self, event: Any) -> None:
         """Reject, before negotiation, any peer not in the allow-list (AE title and address)."""
         calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
+        called = str(event.assoc.requestor.primitive.called_ae_title).strip()
         address = str(event.assoc.requestor.address)
-        if (calling, address) not in self._allowed:
-            _log.warning("association_rejected", calling_ae_title=calling, address=address,
-                         reason="not an allowed peer")
+        if called != self.config.ae_title.strip():
+            _log.warning("association_rejected", calling_ae_title=calling, called_ae_title=called, address=address,
+                         reason="called AE title is not this agent's", check="receive.ae_title, and the PACS's "
+                         "destination for this agent")
+            event.assoc.acse.send_reject(0x01, 0x01, 0x07)  # rejected-permanent, called AE title not recognised
+            event.assoc.kill()
+        elif (calling, address) not in self._allowed:
+            _log.warning("association_rejected", calling_ae_title=calling, called_ae_title=called, address=address,
+                         reason="not an allowed peer", check="receive.allowed_peers (AE title and address)")
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, calling AE not recognised
             event.assoc.kill()
         elif not self._take_slot(id(event.assoc)):

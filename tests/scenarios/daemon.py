@@ -16,6 +16,7 @@ import yaml
 
 from agent.keys import init_key_file
 from tests.peers.ports import free_port
+from tests.peers.dcmtk import STORESCU
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
@@ -160,5 +161,5 @@ class Daemon:
 def storescu(port: int, paths: list[Path], *, calling_ae: str = "STORESCU", extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """DCMTK's storescu as the PACS (TCP_NODELAY=1, or it stalls 40 ms per instance)."""
     env = {**os.environ, "TCP_NODELAY": "1"}
-    return subprocess.run(["storescu", "-v", "-aet", calling_ae, "-aec", "NMIP_AGENT", *extra, "127.0.0.1", str(port),
+    return subprocess.run([STORESCU, "-v", "-aet", calling_ae, "-aec", "NMIP_AGENT", *extra, "127.0.0.1", str(port),
                            *map(str, paths)], capture_output=True, text=True, env=env, timeout=300)

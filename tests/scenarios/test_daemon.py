@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -15,8 +16,9 @@ from pydicom import dcmread
 
 from tests.scenarios.daemon import Daemon, storescu, wait_for
 from tests.synthetic import Patient, make_study, planted_values, write
+from tests.peers.dcmtk import ECHOSCU, STORESCU, dcmtk_available
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is installed by make test")
+pytestmark = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK is installed by make test")
 
 
 def study_files(folder: Path, patient: Patient = Patient(), **kw: object) -> list[Path]:
@@ -67,6 +69,23 @@ def test_wrong_calling_ae_is_rejected_and_the_daemon_keeps_serving(tmp_path: Pat
         assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stderr + refused.stdout
         assert storescu(agent.port, files).returncode == 0
         assert '"event": "association_rejected"' in agent.log_text()
+
+
+def test_a_pacs_calling_the_wrong_ae_title_is_rejected_with_a_log_line_naming_the_key(tmp_path: Path) -> None:
+    """pynetdicom's own check rejected it before any handler ran, with nothing in the log."""
+    files = study_files(tmp_path / "pacs", n_series=1, n_per_series=1)
+    with Daemon(tmp_path / "agent", pipeline__quiet_period_s=3600) as agent:
+        refused = subprocess.run([STORESCU, "-aet", "STORESCU", "-aec", "NMIP_AGNET", "127.0.0.1", str(agent.port),
+                                  str(files[0])], capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "Called AE Title Not Recognized" in refused.stderr + refused.stdout
+        line = next(json.loads(text) for text in agent.log_text().splitlines()
+                    if '"association_rejected"' in text)
+        assert (line["called_ae_title"], line["calling_ae_title"]) == ("NMIP_AGNET", "STORESCU")
+        assert "receive.ae_title" in line["check"]
+        assert storescu(agent.port, files).returncode == 0
+        listed = subprocess.run([sys.executable, "-m", "agent.cli", "quarantine", "list", "--config",
+                                 str(agent.config_path)], capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0 and "The quarantine is empty" in listed.stdout  # not a blank answer
 
 
 def test_resent_instance_is_counted_once(tmp_path: Path) -> None:
@@ -166,11 +185,11 @@ def test_echoscu_verifies_the_agent(tmp_path: Path) -> None:
     """C-ECHO from an allowed peer succeeds; from an unknown AE title it is rejected."""
     env = {**os.environ, "TCP_NODELAY": "1"}
     with Daemon(tmp_path / "agent", pipeline__quiet_period_s=3600) as agent:
-        ok = subprocess.run(["echoscu", "-aet", "STORESCU", "-aec", "NMIP_AGENT", "127.0.0.1", str(agent.port)],
+        ok = subprocess.run([ECHOSCU, "-aet", "STORESCU", "-aec", "NMIP_AGENT", "127.0.0.1", str(agent.port)],
                             capture_output=True, text=True, env=env, timeout=60)
-        refused = subprocess.run(["echoscu", "-aet", "NOBODY", "-aec", "NMIP_AGENT", "127.0.0.1", str(agent.port)],
+        refused = subprocess.run([ECHOSCU, "-aet", "NOBODY", "-aec", "NMIP_AGENT", "127.0.0.1", str(agent.port)],
                                  capture_output=True, text=True, env=env, timeout=60)
-        wrong_called = subprocess.run(["echoscu", "-aet", "STORESCU", "-aec", "OTHER", "127.0.0.1", str(agent.port)],
+        wrong_called = subprocess.run([ECHOSCU, "-aet", "STORESCU", "-aec", "OTHER", "127.0.0.1", str(agent.port)],
                                       capture_output=True, text=True, env=env, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stderr
@@ -206,6 +225,6 @@ def test_full_disk_answers_out_of_resources_and_keeps_earlier_data(tmp_path: Pat
         for path in spooled:
             dcmread(path)  # whole and readable
         assert agent.status()["instances"] == {"received": len(spooled)}
-        echo = subprocess.run(["echoscu", "-aet", "STORESCU", "-aec", "NMIP_AGENT", "127.0.0.1", str(agent.port)],
+        echo = subprocess.run([ECHOSCU, "-aet", "STORESCU", "-aec", "NMIP_AGENT", "127.0.0.1", str(agent.port)],
                               capture_output=True, text=True, timeout=60)
         assert echo.returncode == 0

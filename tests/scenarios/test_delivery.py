@@ -12,7 +12,6 @@ import csv
 import hashlib
 import io
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -29,8 +28,9 @@ from tests.peers.platform import Platform, central_platform, clean_platform  # n
 from tests.peers.proxy import forward_proxy, proxy_available
 from tests.scenarios.daemon import Daemon, storescu, wait_for
 from tests.synthetic import Patient, make_study, planted_values, write
+from tests.peers.dcmtk import dcmtk_available
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is installed by make test")
+pytestmark = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK is installed by make test")
 
 PATIENTS = (
     Patient(patient_id="RXX100001", name="PLANTEDONE^ALICE", accession="ACC10000001"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,8 +13,9 @@ from pynetdicom import AE
 
 from tests.scenarios.daemon import Daemon, storescu, wait_for
 from tests.synthetic import Patient, make_study, write
+from tests.peers.dcmtk import STORESCU, dcmtk_available
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is installed by make test")
+pytestmark = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK is installed by make test")
 
 
 def acknowledged_uids(storescu_output: str, files: list[Path]) -> set[str]:
@@ -45,7 +45,7 @@ def test_kill_9_while_receiving(tmp_path: Path) -> None:
     files = [write(ds, tmp_path / "pacs" / f"{i:04d}.dcm") for i, ds in enumerate(study)]
     agent = Daemon(tmp_path / "agent", pipeline__quiet_period_s=2).start()
     env = {**os.environ, "TCP_NODELAY": "1"}
-    sender = subprocess.Popen(["storescu", "-v", "-aet", "STORESCU", "-aec", "NMIP_AGENT", "127.0.0.1",
+    sender = subprocess.Popen([STORESCU, "-v", "-aet", "STORESCU", "-aec", "NMIP_AGENT", "127.0.0.1",
                                str(agent.port), *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, env=env)
     # 11 spooled means at least 10 answered: one association has at most one instance in flight.

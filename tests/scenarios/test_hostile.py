@@ -19,8 +19,9 @@ from tests.hostile import huge_declared_length, huge_value, many_values, nested,
 from tests.scenarios.daemon import Daemon, storescu, wait_for
 from tests.scenarios.test_daemon import study_files
 from tests.synthetic import Patient
+from tests.peers.dcmtk import ECHOSCU, dcmtk_available
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is installed by make test")
+pytestmark = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK is installed by make test")
 
 CT_IMAGE_STORAGE, EXPLICIT_LE = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1"
 
@@ -144,7 +145,7 @@ def test_a_worker_killed_is_replaced_and_an_instance_that_kills_it_twice_is_refu
         files = study_files(tmp_path / "pacs", Patient(patient_id="HOSP000042"), n_series=1, n_per_series=3)
         assert storescu(agent.port, files).returncode == 0
         report = agent.wait_queued(2)
-        echo = subprocess.run(["echoscu", "-aet", "STORESCU", "-aec", "NMIP_AGENT", "127.0.0.1", str(agent.port)],
+        echo = subprocess.run([ECHOSCU, "-aet", "STORESCU", "-aec", "NMIP_AGENT", "127.0.0.1", str(agent.port)],
                               capture_output=True, text=True, timeout=60)
     assert report["instances"] == {"quarantined": 1, "deidentified": 3}
     assert echo.returncode == 0

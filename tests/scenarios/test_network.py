@@ -6,7 +6,6 @@ resident, and afterwards the PACS still stores a study."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import struct
 import threading
@@ -21,8 +20,9 @@ from pynetdicom.dsutils import encode
 
 from tests.scenarios.daemon import Daemon, storescu
 from tests.synthetic import Patient, make_study, write
+from tests.peers.dcmtk import dcmtk_available
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is installed by make test")
+pytestmark = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK is installed by make test")
 
 RSS_LIMIT_MB = 400
 CT_IMAGE_STORAGE, EXPLICIT_LE = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1"

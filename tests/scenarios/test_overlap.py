@@ -4,7 +4,6 @@ arriving, and published only once it is stable, all or nothing, exactly as witho
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -15,8 +14,9 @@ from pydicom import Dataset, dcmread
 
 from tests.scenarios.daemon import Daemon, storescu, wait_for
 from tests.synthetic import Patient, make_study, write
+from tests.peers.dcmtk import dcmtk_available
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is installed by make test")
+pytestmark = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK is installed by make test")
 
 
 def staged(agent: Daemon) -> list[Path]:

@@ -4,7 +4,6 @@ it logs carries nothing a sender sent."""
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -14,8 +13,9 @@ import pytest
 
 from tests.scenarios.daemon import Daemon, storescu
 from tests.synthetic import Patient, make_study, write
+from tests.peers.dcmtk import dcmtk_available
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is installed by make test")
+pytestmark = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK is installed by make test")
 
 
 def _modes(root: Path) -> dict[str, int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -14,8 +13,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.scenarios.daemon import Daemon, port_open, storescu, wait_for
 from tests.synthetic import Patient, make_study, write
+from tests.peers.dcmtk import ECHOSCU, dcmtk_available
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is installed by make test")
+pytestmark = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK is installed by make test")
 
 
 def _associate(port: int) -> object:
@@ -68,7 +68,7 @@ def test_receivers_die_with_the_daemon(tmp_path: Path) -> None:
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in receivers), 5, 0.05, "the receivers to exit")
     assert not port_open(agent.port)
     agent.start()
-    echo = subprocess.run(["echoscu", "-aet", "STORESCU", "-aec", "NMIP_AGENT", "127.0.0.1", str(agent.port)],
+    echo = subprocess.run([ECHOSCU, "-aet", "STORESCU", "-aec", "NMIP_AGENT", "127.0.0.1", str(agent.port)],
                           capture_output=True, text=True, timeout=60)
     agent.stop()
     assert echo.returncode == 0, echo.stderr

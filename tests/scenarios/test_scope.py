@@ -8,7 +8,6 @@ agent runs the shipped `nccid` profile unless a test says otherwise.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +24,9 @@ from tests.peers.platform import Platform, central_platform, clean_platform  # n
 from tests.scenarios.daemon import Daemon, storescu, wait_for
 from tests.scenarios.test_delivery import agent_for, wait_delivered
 from tests.synthetic import Patient, make_ct_slice, make_study, write
+from tests.peers.dcmtk import dcmtk_available
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None or not orthanc_available(),
+pytestmark = pytest.mark.skipif(not dcmtk_available() or not orthanc_available(),
                                 reason="DCMTK and Orthanc are installed by make test")
 
 X_RAY_RADIATION_DOSE_SR = "1.2.840.10008.5.1.4.1.1.88.67"

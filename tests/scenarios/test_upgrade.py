@@ -9,7 +9,6 @@ rule's `study_quarantined` where this version writes `series_quarantined`.
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import stat
 from pathlib import Path
@@ -21,8 +20,9 @@ from tests.peers.platform import Platform, central_platform, clean_platform  # n
 from tests.scenarios.daemon import Daemon, storescu, wait_for
 from tests.scenarios.test_delivery import agent_for, wait_delivered
 from tests.synthetic import Patient, make_study, write
+from tests.peers.dcmtk import dcmtk_available
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is installed by make test")
+pytestmark = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK is installed by make test")
 
 
 def _send(agent: Daemon, folder: Path, patient: Patient, *, burned: bool = False) -> list[Path]:
