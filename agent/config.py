@@ -212,12 +212,18 @@ def _peers(value: Any) -> tuple[Peer, ...]:
         raise ValueError("a list of {ae_title, address} entries")
     peers = []
     for index, entry in enumerate(value):
-        if not isinstance(entry, dict) or set(entry) != {"ae_title", "address"}:
-            raise ValueError(f"entry {index}: a mapping with exactly ae_title and address")
+        where = f"entry {index + 1} (counting from 1)"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: a mapping with ae_title and address")
+        unknown, missing = set(entry) - {"ae_title", "address"}, {"ae_title", "address"} - set(entry)
+        if unknown:
+            raise ValueError(f"{where}: unknown key {sorted(map(str, unknown))[0]!r}; expected ae_title and address")
+        if missing:
+            raise ValueError(f"{where}: {sorted(missing)[0]} is missing")
         try:
             peers.append(Peer(_ae_title(entry["ae_title"]), _address(entry["address"])))
         except ValueError as exc:
-            raise ValueError(f"entry {index}: {exc}") from None
+            raise ValueError(f"{where}: {exc}") from None
     return tuple(peers)
 
 
@@ -251,7 +257,7 @@ _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "log": {"level": _text(("debug", "info", "warning", "error"))},
 }  # fmt: skip
 #: Keys whose wrong value may hold a secret (a proxy URL with a password): never repeated in the error.
-_NOT_ECHOED = {"proxy"}
+_NOT_ECHOED = {"proxy", "allowed_peers"}  # allowed_peers: the error names the entry; the whole list is noise
 _SECTIONS: dict[str, type] = {
     "receive": ReceiveConfig, "spool": SpoolConfig, "pipeline": PipelineConfig, "platform": PlatformConfig,
     "clinical": ClinicalConfig, "log": LogConfig, "limits": Limits,
@@ -265,9 +271,7 @@ def load(path: Path) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc, path)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -281,6 +285,25 @@ def load(path: Path) -> Config:
     if config.platform.enabled and config.clinical.enabled and not config.platform.clinical_url:
         raise ConfigError(f"{path}: platform.clinical_url: required when clinical.schema is set and delivery is on")
     return config
+
+
+def _yaml_problem(exc: yaml.YAMLError, path: Path) -> str:
+    """What the parser found and where, on a line the file has: an unclosed bracket is reported
+    by PyYAML at the end of the stream, one line past the last; the line it opened on is the
+    context."""
+    try:
+        lines = len(path.read_text(encoding="utf-8").splitlines()) or 1
+    except (OSError, UnicodeDecodeError):
+        lines = 1
+    problem = str(getattr(exc, "problem", "") or "a syntax error").strip()
+    mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+    text = problem
+    if mark is not None:
+        text += f" at the end of the file (line {lines})" if mark.line >= lines else f" at line {mark.line + 1}"
+    context_text = str(getattr(exc, "context", "") or "").strip()
+    if context is not None and context_text:
+        text += f", {context_text} that starts at line {context.line + 1}"
+    return text
 
 
 def _check_platform(path: Path, platform: PlatformConfig) -> None:

@@ -75,6 +75,10 @@ class Service:
         check_private(config)
         profile = load_profile(config.pipeline.profile)
         key = load_key_file(config.pipeline.key_file)
+        # Everything that can refuse the start (a token file others can read, a wrong CA bundle
+        # or secret, a bad schema) is checked before anything is created on disk.
+        client = PlatformClient(config.platform, config.source) if config.platform.enabled else None
+        schema = parse_schema(config.clinical.schema, config.source) if config.clinical.enabled else None
         self.config = config
         self.state = State(config.pipeline.database, upgrade=True)
         self.spool = Spool.from_config(config.spool)
@@ -88,14 +92,13 @@ class Service:
         self.receiver = ReceiverProcesses(config)
         self.key_id = key.key_id
         self.profile = profile
-        # Built here, so a wrong secret file, CA bundle or schema stops start-up with its key.
-        self.client = PlatformClient(config.platform, config.source) if config.platform.enabled else None
+        self.client = client
         self.forwarder = None if self.client is None else Forwarder(
             self.state, self.spool, self.client, outbox=config.pipeline.outbox,
             quarantine_dir=config.pipeline.quarantine, clinical=config.clinical,
             provenance=Provenance(profile.name, profile.version, key.key_id))
-        self.clinical = None if not config.clinical.enabled else ClinicalIntake(
-            config.clinical, parse_schema(config.clinical.schema, config.source),
+        self.clinical = None if schema is None else ClinicalIntake(
+            config.clinical, schema,
             Pseudonymiser(key, profile.pseudonym), self.state, config.pipeline.outbox,
             on_queued=self.forwarder.wake if self.forwarder is not None else None)
 

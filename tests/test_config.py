@@ -46,11 +46,13 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
         ("receive: {port: 70000}\n", "receive.port: an integer from 1 to 65535"),
         ("receive: {ae_title: THIS_AE_TITLE_IS_TOO_LONG}\n", "receive.ae_title: an AE title"),
         ("receive: {bind_address: localhost}\n", "receive.bind_address: an IP address"),
-        ("receive: {allowed_peers: [{ae_title: PACS}]}\n", "receive.allowed_peers: entry 0: a mapping with exactly"),
+        ("receive: {allowed_peers: [{ae_title: PACS}]}\n", "receive.allowed_peers: entry 1 (counting from 1): address is missing"),
+        ("receive: {allowed_peers: [{ae_title: PACS, address: 10.0.0.1}, {ae_title: RIS, adress: 10.0.0.2}]}\n",
+         "receive.allowed_peers: entry 2 (counting from 1): unknown key 'adress'; expected ae_title and address"),
         ("pipeline: {quiet_period_s: -1}\n", "pipeline.quiet_period_s: a number from 0 to 86400"),
         ("log: {level: loud}\n", "log.level: one of debug, info, warning, error"),
         ("receive: [1, 2]\n", "receive: expected a mapping"),
-        ("receive: {port: 1\n", "not valid YAML at line"),
+        ("receive: {port: 1\n", "not valid YAML: expected ',' or '}', but got '<stream end>' at the end of the file (line 1)"),
         ("receive: {processes: 0}\n", "receive.processes: an integer from 1 to 32"),
         ("platform: {dicomweb_url: 'http://platform/dicom-web'}\n", "platform.dicomweb_url: an https:// URL"),
         ("platform: {dicomweb_url: 'https://p/dicom-web'}\n", "platform.manifest_url: required when dicomweb_url"),
@@ -116,6 +118,9 @@ def test_serve_refuses_a_token_file_others_can_read(tmp_path: Path) -> None:
     assert run.returncode == 2, run.stderr
     assert "platform.token_file" in run.stderr and "chmod 600" in run.stderr
     assert "secret-token-value" not in run.stderr + run.stdout
+    # Refused before anything was made on disk: no state database, spool or outbox left behind.
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert made == ["c.yaml", "ca.pem", "pki", "site.key", "token"], made
 
 
 def test_packaged_config_shows_every_key_the_example_shows() -> None:
