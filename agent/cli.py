@@ -304,6 +304,30 @@ def anonymise(
 
 
 ConfigFile = Annotated[Path, typer.Option("--config", help="The agent's YAML configuration (see config.example.yaml).")]
+config_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Check the configuration.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(
+    config: ConfigFile,
+    platform: Annotated[bool, typer.Option("--platform", help="Also make one TLS connection to the platform.")] = False,
+) -> None:
+    """Find everything `serve` would refuse, without starting it: keys, paths and their owners,
+    the site key, the profile, certificates and their expiry, the clinical schema. Changes nothing.
+
+    Exit 0 when all is well, 1 with warnings only, 2 when serve would refuse to start or deliver.
+    """
+    from agent.preflight import check as preflight, exit_code
+
+    findings = preflight(config, handshake=platform)
+    colours = {"ok": "green", "warning": "yellow", "error": "red"}
+    for finding in findings:
+        out.print(f"[{colours[finding.level]}]{finding.level:7}[/{colours[finding.level]}] {finding.what}: "
+                  f"{escape(finding.detail)}")
+    raise typer.Exit(exit_code(findings))
+
+
 quarantine_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Look at and act on quarantined studies.")
 app.add_typer(quarantine_app, name="quarantine")
 
