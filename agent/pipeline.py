@@ -49,6 +49,7 @@ from agent import log
 from agent.deidentify import load_profile
 from agent.errors import UnreadableInput
 from agent.keys import load_key_file
+from agent.notify import Heartbeat
 from agent.limits import Limits, bound_worker_memory, cpu_backstop
 from agent.process import InstanceProcessor, read_header
 from agent.processes import name_process
@@ -178,6 +179,7 @@ class Pipeline:
         """`expected`: the profile's fingerprint and the key's id as the daemon loaded them; a
         worker that loads anything else refuses to start."""
         self.state = state
+        self.heartbeat = Heartbeat("pipeline")
         # How many associations are open now (the receivers'): early work takes what receiving leaves.
         self.open_associations = open_associations
         self.spool = spool
@@ -244,14 +246,17 @@ class Pipeline:
         """A round every `interval_s`; in between, an early worker that finishes gets its next
         instance at once (polling alone would leave it idle for most of the interval)."""
         while not self._stop.is_set():
+            self.heartbeat.beat()
             self._guarded(self.run_once)
             deadline = time.monotonic() + self._until_next_round(interval_s)
             while not self._stop.is_set():
                 remaining = deadline - time.monotonic()
+                self.heartbeat.idle()
                 if remaining <= 0 or not self._wake.wait(remaining):
                     break
                 self._wake.clear()
                 if not self._stop.is_set():
+                    self.heartbeat.beat()
                     self._guarded(self._top_up)
 
     def _until_next_round(self, interval_s: float) -> float:
@@ -404,6 +409,7 @@ class Pipeline:
             del self._attempts[sop_key]
 
     def process_study(self, study_key: str) -> str:
+        self.heartbeat.beat()  # a round of many studies is turning, study by study
         started = time.monotonic()
         reopened = self.state.reopen_held_series(study_key)
         rows = self.state.pending_instances(study_key)

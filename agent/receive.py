@@ -91,6 +91,8 @@ class ReceiverShared:
         self.connections: SynchronizedArray[int] = context.Array("i", processes)
         self.foreign: SynchronizedArray[int] = context.Array("i", processes)
         self.ready: SynchronizedArray[int] = context.Array("i", processes)
+        #: time.monotonic() of each process's last reaper round (every _REAP_S): its sign of life
+        self.beats: SynchronizedArray[float] = context.Array("d", processes)
         self.addresses = ConnectionTable(context, processes)
 
     def reset(self, index: int) -> None:
@@ -299,6 +301,8 @@ class Receiver:
         """Every few seconds: release connections whose association thread has ended (or that
         never got one and are closed), and delete temporary files nobody is writing any more."""
         while not self._stopping.wait(_REAP_S):
+            if self.shared is not None:
+                self.shared.beats[self.index] = time.monotonic()  # CLOCK_MONOTONIC: one clock for all processes
             try:
                 self._reap_once()
             except Exception as exc:  # the next round tries again
@@ -556,6 +560,7 @@ def _receiver_main(config: Config, listener: socket.socket, parent_pid: int, sha
     receiver = Receiver(config.receive, Spool.from_config(config.spool), state, names, listener=listener,
                         shared=shared, index=index, max_instance_bytes=config.limits.max_instance_mb << 20)
     receiver.start()
+    shared.beats[index] = time.monotonic()
     shared.ready[index] = 1
     while not stopping.wait(0.5) and os.getppid() == parent_pid:
         pass
@@ -611,6 +616,12 @@ class ReceiverProcesses:
                                         args=(self.config, self._listener, os.getpid(), self._shared, index))
         process.start()
         return process
+
+    def stuck(self, limit_s: float) -> bool:
+        """Whether a live receiver process has not turned its reaper for `limit_s`: it is hung."""
+        now = time.monotonic()
+        return any(process.is_alive() and self._shared.ready[index] and now - self._shared.beats[index] > limit_s
+                   for index, process in enumerate(self._processes))
 
     def supervise(self) -> None:
         """Restart a receiver process that died: the agent keeps listening whatever happened to one."""

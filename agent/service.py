@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -20,6 +21,7 @@ from agent.errors import AgentError
 from agent.clinical import parse_schema
 from agent.clinical.intake import ClinicalIntake
 from agent.deidentify import load_profile, ocr
+from agent.notify import STUCK_AFTER_S, Notifier
 from agent.deidentify.pseudonym import Pseudonymiser
 from agent.forward import PlatformClient
 from agent.forward.outbound import Forwarder, Provenance
@@ -44,6 +46,9 @@ def private_paths(config: Config) -> list[tuple[Path, int]]:
     if config.clinical.enabled:
         paths += [(config.clinical.rejects, 0o700), (config.clinical.archive, 0o700)]
     return paths
+
+
+_RECEIVER_STUCK_S = 60.0  # a receiver process turns its reaper every 2 s, whatever its associations do
 
 
 def check_private(config: Config) -> None:
@@ -125,6 +130,21 @@ class Service:
         """Called by `serve` every half second, on the main thread."""
         self.receiver.supervise()
 
+    def stuck(self, limit_s: float = STUCK_AFTER_S) -> list[str]:
+        """The loops that are busy in one step for longer than `limit_s` (idle ones are fine)."""
+        loops = [self.pipeline.heartbeat]
+        loops += [self.forwarder.heartbeat] if self.forwarder is not None else []
+        loops += [self.clinical.heartbeat] if self.clinical is not None else []
+        stuck = [loop.name for loop in loops if loop.stuck(limit_s)]
+        return stuck + (["receivers"] if self.receiver.stuck(min(limit_s, _RECEIVER_STUCK_S)) else [])
+
+    def status_line(self) -> str:
+        """STATUS= for systemd: studies and instances per state, counts only."""
+        counts = self.state.counts()
+        studies = ", ".join(f"{n} {state}" for state, n in sorted(counts.get("studies", {}).items())) or "none"
+        instances = ", ".join(f"{n} {state}" for state, n in sorted(counts.get("instances", {}).items())) or "none"
+        return f"studies: {studies}; instances: {instances}"
+
     def stop(self) -> None:
         self.receiver.stop()
         if self.clinical is not None:
@@ -138,6 +158,46 @@ class Service:
         _log.info("agent_stopped")
 
 
+class _Keepalive:
+    """The main thread's round every half second: supervise the receivers, tell systemd how the
+    queues stand (every 10 s), and send WATCHDOG=1 only while no loop is stuck."""
+
+    def __init__(self, service: Service, notifier: Notifier) -> None:
+        self.service, self.notifier = service, notifier
+        self._next_status = self._next_watchdog = time.monotonic()
+        self._reported: list[str] = []
+
+    def run(self, stop: threading.Event) -> None:
+        # Wake up regularly: the kernel may deliver SIGTERM to one of the SCP's threads, and Python
+        # runs its handler only when the main thread next executes, which a bare wait() never does.
+        while not stop.wait(0.5):
+            self.service.supervise()
+            self._notify()
+
+    def _notify(self) -> None:
+        now = time.monotonic()
+        if self.notifier.enabled and now >= self._next_status:
+            self._next_status = now + 10.0
+            self._guarded_status()
+        interval = self.notifier.watchdog_interval_s
+        if interval is None or now < self._next_watchdog:
+            return
+        self._next_watchdog = now + min(interval, 5.0)
+        stuck = self.service.stuck()
+        if stuck != self._reported:
+            if stuck:
+                _log.error("loop_stuck", loops=stuck, action="watchdog keep-alives stopped: systemd restarts the agent")
+            self._reported = stuck
+        if not stuck:
+            self.notifier.send("WATCHDOG=1")
+
+    def _guarded_status(self) -> None:
+        try:
+            self.notifier.send(f"STATUS={self.service.status_line()}")
+        except Exception as exc:  # a busy database: the next round says it
+            _log.warning("status_not_sent", error=type(exc).__name__)
+
+
 def serve(config: Config) -> int:
     """Run until SIGTERM or SIGINT; returns the exit code."""
     log.configure(config.log.level)
@@ -149,14 +209,15 @@ def serve(config: Config) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    notifier = Notifier()
     try:
         service.start()
-        # Wake up regularly: the kernel may deliver SIGTERM to one of the SCP's threads, and Python
-        # runs its handler only when the main thread next executes, which a bare wait() never does.
-        while not stop.wait(0.5):
-            service.supervise()
+        notifier.send("READY=1", f"STATUS={service.status_line()}", f"MAINPID={os.getpid()}")
+        _Keepalive(service, notifier).run(stop)
     finally:
+        notifier.send("STOPPING=1", "STATUS=stopping: finishing in-flight work")
         service.stop()
+        notifier.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0

@@ -20,6 +20,7 @@ from agent import log
 from agent.clinical.drop import DropFolder
 from agent.clinical.prepare import prepare_file
 from agent.clinical.schema import ClinicalSchema
+from agent.notify import Heartbeat
 from agent.config import ClinicalConfig
 from agent.deidentify.pseudonym import Pseudonymiser
 from agent.spool.state import State
@@ -35,6 +36,7 @@ class ClinicalIntake:
                  outbox: Path, on_queued: Callable[[], None] | None = None) -> None:
         self.config, self.schema, self.pseudonyms, self.state = config, schema, pseudonyms, state
         self.on_queued = on_queued
+        self.heartbeat = Heartbeat("clinical")
         self.outbox = outbox / CLINICAL_OUTBOX
         self.held = config.drop_folder.parent / "held"
         self.refused = config.rejects / "refused"
@@ -57,10 +59,12 @@ class ClinicalIntake:
 
     def _loop(self, interval_s: float) -> None:
         while not self._stop.is_set():
+            self.heartbeat.beat()
             try:
                 self.run_once()
             except Exception as exc:  # never the message: an OSError names the dropped file
                 _log.error("clinical_round_failed", error=type(exc).__name__)
+            self.heartbeat.idle()
             self._wake.wait(interval_s)
             self._wake.clear()
 

@@ -30,6 +30,7 @@ from agent.forward.client import PlatformClient
 from agent.forward.deliver import deliver_study
 from agent.forward.errors import DeliveryError, Rejected
 from agent.forward.stow import OutgoingInstance
+from agent.notify import Heartbeat
 from agent.quarantine import Reason, Refusal, quarantine
 from agent.spool.state import InstanceRow, State
 from agent.spool.store import CLINICAL_OUTBOX, Spool
@@ -65,6 +66,7 @@ class Forwarder:
     def __init__(self, state: State, spool: Spool, client: PlatformClient, *, outbox: Path, quarantine_dir: Path,
                  provenance: Provenance, clinical: ClinicalConfig | None = None) -> None:
         self.state, self.spool, self.client = state, spool, client
+        self.heartbeat = Heartbeat("delivery")
         self.outbox, self.quarantine_dir = outbox, quarantine_dir
         self.provenance = provenance
         self.clinical = clinical
@@ -124,12 +126,14 @@ class Forwarder:
 
     def _loop(self, interval_s: float) -> None:
         while not self._stop.is_set():
+            self.heartbeat.beat()
             try:
                 busy = self.run_once()
             except Exception as exc:  # a bad round must not stop delivery; the state is unchanged
                 _log.error("forward_round_failed", error=type(exc).__name__)
                 busy = False
             if not busy:
+                self.heartbeat.idle()  # waiting for work or for the upload window: idle, not stuck
                 self._wake.wait(self._idle_wait(interval_s))
                 self._wake.clear()
 
@@ -152,6 +156,7 @@ class Forwarder:
             for study_key in self.state.due_studies():
                 if self._stop.is_set():
                     return worked
+                self.heartbeat.beat()
                 self._deliver_one(study_key)
                 worked = True
             for batch, held in self.state.due_clinical():

@@ -67,6 +67,7 @@ class Daemon:
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = root / "agent.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}  # added to the environment `serve` starts with (NOTIFY_SOCKET...)
 
     def _started(self, offset: int) -> bool:
         with self.log_path.open("rb") as log:
@@ -78,7 +79,7 @@ class Daemon:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "serve", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env={**os.environ, **self.env},
         )
         log.close()
         Daemon.running.add(self)
