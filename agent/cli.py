@@ -353,6 +353,12 @@ def status(config: ConfigFile, as_json: Annotated[bool, typer.Option("--json")] 
         return
     studies = ", ".join(f"{k} {v}" for k, v in sorted(report["studies"].items())) or "none"
     instances = ", ".join(f"{k} {v}" for k, v in sorted(report["instances"].items())) or "none"
+    daemon = report["daemon"]
+    if daemon["running"]:
+        out.print(f"agent: running (pid {daemon['pid']}, since {daemon['since']})")
+    else:
+        out.print("agent: [yellow]not running[/yellow] (no `serve` holds this state database): what follows is "
+                  "what it left")
     out.print(f"studies: {studies}")
     out.print(f"instances: {instances}")
     oldest = report["oldest_waiting_s"]

@@ -10,9 +10,15 @@ protocol is a datagram to the socket in NOTIFY_SOCKET; with no such socket nothi
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import socket
 import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from agent.errors import AgentError
 
 #: A step of a loop busy longer than this is stuck (a round of de-identification or delivery
 #: returns to its loop between studies; the longest single study stays well below it).
@@ -73,4 +79,59 @@ class Notifier:
             self._socket = None
 
 
-__all__ = ["STUCK_AFTER_S", "Heartbeat", "Notifier"]
+class RunningLock:
+    """`serve.lock` beside the state database, held (flock) for as long as `serve` runs, holding
+    its pid and start time: `status` can say whether the agent is running, and since when, even
+    when a killed agent left the file behind (the kernel drops a dead process's lock)."""
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.parent / "serve.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock and write who holds it; AlreadyRunning if another agent holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = self.holder()
+            since = f" (pid {holder['pid']}, since {holder['started_at']})" if holder else ""
+            raise AlreadyRunning(f"{self.path}: another agent runs on this state database{since}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "started_at": datetime.now(timezone.utc).isoformat(
+            timespec="seconds")}).encode())
+        os.fsync(fd)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock
+            self._fd = None
+
+    def holder(self) -> dict[str, object] | None:
+        """Who runs the agent now, or None when nobody holds the lock."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # held: read who holds it
+                data = os.read(fd, 4096)
+                try:
+                    found = json.loads(data)
+                except ValueError:
+                    return {"pid": None, "started_at": None}
+                return found if isinstance(found, dict) else None
+            return None  # nobody holds it: a stopped (or killed) agent's file
+        finally:
+            os.close(fd)
+
+
+class AlreadyRunning(AgentError):
+    """Another `serve` holds this state database."""
+
+
+__all__ = ["STUCK_AFTER_S", "AlreadyRunning", "Heartbeat", "Notifier", "RunningLock"]

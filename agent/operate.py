@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.config import Config
 from agent.pipeline import outbox_bytes
+from agent.notify import RunningLock
 from agent.spool.state import InstanceRow, State, StudyRow
 from agent.spool.store import Spool
 
@@ -35,7 +36,11 @@ def status(config: Config) -> dict[str, Any]:
                                if s.updated_at < time.time() - config.spool.retention_days * 86_400)
     finally:
         state.close()
+    holder = RunningLock(config.pipeline.database).holder()
     return {
+        # Whether `serve` runs on this state database now (it holds serve.lock), and since when.
+        "daemon": {"running": holder is not None, "pid": (holder or {}).get("pid"),
+                   "since": (holder or {}).get("started_at")},
         "studies": counts["studies"],
         # Counts per state, a state with none left out; `excluded`: out of the profile's scope.
         "instances": counts["instances"],

@@ -21,7 +21,7 @@ from agent.errors import AgentError
 from agent.clinical import parse_schema
 from agent.clinical.intake import ClinicalIntake
 from agent.deidentify import load_profile, ocr
-from agent.notify import STUCK_AFTER_S, Notifier
+from agent.notify import STUCK_AFTER_S, Notifier, RunningLock
 from agent.deidentify.pseudonym import Pseudonymiser
 from agent.forward import PlatformClient
 from agent.forward.outbound import Forwarder, Provenance
@@ -210,13 +210,16 @@ def serve(config: Config) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     notifier = Notifier()
+    running = RunningLock(config.pipeline.database)
     try:
+        running.acquire()
         service.start()
         notifier.send("READY=1", f"STATUS={service.status_line()}", f"MAINPID={os.getpid()}")
         _Keepalive(service, notifier).run(stop)
     finally:
         notifier.send("STOPPING=1", "STATUS=stopping: finishing in-flight work")
         service.stop()
+        running.release()
         notifier.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -53,3 +53,26 @@ def test_a_loop_busy_too_long_stops_the_keepalives(tmp_path: Path) -> None:
     assert beat.stuck(0.01)
     beat.idle()
     assert not beat.stuck(0.01)
+
+
+def test_status_says_first_whether_the_agent_runs_and_since_when(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    def status(agent: Daemon) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agent.cli", "status", "--config", str(agent.config_path)],
+                              capture_output=True, text=True, timeout=60)
+
+    agent = Daemon(tmp_path / "agent", pipeline__quiet_period_s=3600)
+    with agent:
+        shown = status(agent)
+        assert shown.stdout.splitlines()[0].startswith("agent: running (pid "), shown.stdout
+        data = json.loads(subprocess.run([sys.executable, "-m", "agent.cli", "status", "--config",
+                                          str(agent.config_path), "--json"], capture_output=True, text=True,
+                                         timeout=60).stdout)
+        assert data["daemon"]["running"] and data["daemon"]["pid"] == agent.process.pid and data["daemon"]["since"]
+        second = subprocess.run([sys.executable, "-m", "agent.cli", "serve", "--config", str(agent.config_path)],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and "another agent runs on this state database" in second.stderr
+    assert status(agent).stdout.splitlines()[0].startswith("agent: not running")
