@@ -116,6 +116,15 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class ObserveConfig:
+    """The local health and metrics endpoint (agent/observe.py); port 0: off."""
+
+    bind: str = "127.0.0.1"
+    port: int = 0
+    platform_stale_minutes: int = 30  # /readyz: the platform must have been reached this recently
+
+
+@dataclass(frozen=True)
 class Config:
     receive: ReceiveConfig = field(default_factory=ReceiveConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
@@ -124,6 +133,7 @@ class Config:
     clinical: ClinicalConfig = field(default_factory=ClinicalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     limits: Limits = field(default_factory=Limits)
+    observe: ObserveConfig = field(default_factory=ObserveConfig)
     source: Path = Path("config.yaml")
 
 
@@ -255,12 +265,13 @@ _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "clinical": {"drop_folder": Path, "rejects": Path, "archive": Path, "after_upload": _text(("archive", "purge")),
                  "stable_s": _number(0, 3600), "schema": _schema},
     "log": {"level": _text(("debug", "info", "warning", "error"))},
+    "observe": {"bind": _address, "port": _int(0, 65535), "platform_stale_minutes": _int(1, 10_080)},
 }  # fmt: skip
 #: Keys whose wrong value may hold a secret (a proxy URL with a password): never repeated in the error.
 _NOT_ECHOED = {"proxy", "allowed_peers"}  # allowed_peers: the error names the entry; the whole list is noise
 _SECTIONS: dict[str, type] = {
     "receive": ReceiveConfig, "spool": SpoolConfig, "pipeline": PipelineConfig, "platform": PlatformConfig,
-    "clinical": ClinicalConfig, "log": LogConfig, "limits": Limits,
+    "clinical": ClinicalConfig, "log": LogConfig, "limits": Limits, "observe": ObserveConfig,
 }
 
 

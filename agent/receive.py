@@ -591,6 +591,10 @@ class ReceiverProcesses:
     def port(self) -> int:
         return int(self._listener.getsockname()[1]) if self._listener is not None else self.config.receive.port
 
+    def ready_count(self) -> int:
+        """Receiver processes accepting on the port now."""
+        return sum(1 for index, process in enumerate(self._processes) if process.is_alive() and self._shared.ready[index])
+
     def open_associations(self) -> int:
         """Associations open across the receiver processes now."""
         return sum(self._shared.associations[:])

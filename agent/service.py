@@ -12,6 +12,8 @@ import signal
 import stat
 import threading
 import time
+from datetime import datetime
+from typing import TYPE_CHECKING
 from pathlib import Path
 from types import FrameType
 
@@ -22,6 +24,9 @@ from agent.clinical import parse_schema
 from agent.clinical.intake import ClinicalIntake
 from agent.deidentify import load_profile, ocr
 from agent.notify import STUCK_AFTER_S, Notifier, RunningLock
+
+if TYPE_CHECKING:
+    from agent.observe import ObserveServer
 from agent.deidentify.pseudonym import Pseudonymiser
 from agent.forward import PlatformClient
 from agent.forward.outbound import Forwarder, Provenance
@@ -107,6 +112,18 @@ class Service:
             Pseudonymiser(key, profile.pseudonym), self.state, config.pipeline.outbox,
             on_queued=self.forwarder.wake if self.forwarder is not None else None)
 
+    def _observer(self) -> ObserveServer | None:
+        if not self.config.observe.port:
+            return None
+        from agent.observe import ObserveServer, Readiness, StateCollector
+
+        shared = self.receiver
+        collector = StateCollector(self.config, shared.ready_count, shared.open_associations)
+        client = self.client
+        window = (lambda: client.window.is_open(datetime.now())) if client is not None else None
+        readiness = Readiness(self.config, shared.ready_count, self.config.receive.processes, window)
+        return ObserveServer(self.config, collector, readiness)
+
     def start(self) -> None:
         swept = self.spool.sweep(self.state.spooled_keys())
         if swept:
@@ -117,6 +134,9 @@ class Service:
         if self.clinical is not None:
             self.clinical.start()
         self.receiver.start()
+        self.observer = self._observer()
+        if self.observer is not None:
+            self.observer.start()
         _log.info("agent_started", profile=self.profile.name, key_id=self.key_id,
                   quiet_period_s=self.config.pipeline.quiet_period_s, workers=self.config.pipeline.workers,
                   delivery="on" if self.forwarder is not None else "off (platform.dicomweb_url not set)",
@@ -146,6 +166,9 @@ class Service:
         return f"studies: {studies}; instances: {instances}"
 
     def stop(self) -> None:
+        observer: ObserveServer | None = getattr(self, "observer", None)
+        if observer is not None:
+            observer.stop()
         self.receiver.stop()
         if self.clinical is not None:
             self.clinical.stop()

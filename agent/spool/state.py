@@ -537,6 +537,18 @@ class State:
         row = self._db().execute("SELECT kind, detail, since, attempts, next_attempt_at FROM platform_problem").fetchone()
         return None if row is None else dict(zip(("kind", "detail", "since", "attempts", "next_attempt_at"), row))
 
+    def check_writable(self) -> None:
+        """Take the write lock and give it back: raises if the database cannot be written."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+
+    def reasons(self) -> dict[tuple[str, str], int]:
+        """Instances held or left out, per (state, reason): quarantined and excluded."""
+        rows = self._db().execute("SELECT state, reason, COUNT(*) FROM instances WHERE state IN ('quarantined',"
+                                  " 'excluded') GROUP BY state, reason").fetchall()
+        return {(str(state), str(reason or "")): int(n) for state, reason, n in rows}
+
     def instances_refused_by_platform(self) -> int:
         row = self._db().execute("SELECT COUNT(*) FROM instances WHERE state = 'quarantined'"
                                  " AND reason = 'platform_rejected'").fetchone()
