@@ -304,6 +304,21 @@ def anonymise(
 
 
 ConfigFile = Annotated[Path, typer.Option("--config", help="The agent's YAML configuration (see config.example.yaml).")]
+@app.command("support-bundle")
+def support_bundle(
+    config: ConfigFile,
+    out_file: Annotated[Path, typer.Argument(metavar="OUT.tar.gz", help="Where to write the bundle.")],
+    log_file: Annotated[Optional[Path], typer.Option("--log", help="The agent's log file, if not the unit's journal.")] = None,
+) -> None:
+    """Gather what a supplier needs to help: configuration (secrets redacted), versions, status,
+    quarantine reasons and the agent's recent log events. No identifier is in any of them."""
+    from agent import config as config_module
+    from agent.support import build
+
+    members = build(config_module.load(config), out_file, log_file=log_file)
+    out.print(f"{escape(str(out_file))}: {', '.join(members)}")
+
+
 config_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Check the configuration.")
 app.add_typer(config_app, name="config")
 
