@@ -33,7 +33,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from agent import log
-from agent.config import Config, ReceiveConfig
+from agent.config import Config, Peer, ReceiveConfig
 from agent.connections import ConnectionTable, bounded_handler
 from agent.errors import AgentError
 from agent.deidentify.pseudonym import Pseudonymiser, PseudonymSettings
@@ -228,6 +228,11 @@ class Receiver:
         self._open = 0  # associations open here, when there is no shared count (one process)
         self._allowed_addresses = {p.address for p in config.allowed_peers}
         self.ae = self._make_ae()
+
+    def allow(self, peers: tuple[Peer, ...]) -> None:
+        """A new allow-list, from SIGHUP: the next association is judged by it."""
+        self._allowed = {(p.ae_title, p.address) for p in peers}
+        self._allowed_addresses = {p.address for p in peers}
 
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.config.ae_title)
@@ -544,7 +549,9 @@ def _receiver_main(config: Config, listener: socket.socket, parent_pid: int, sha
     name_process(f"nmip-receive-{index}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the daemon, which stops us
     stopping = threading.Event()
+    reload = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())
     log.configure(config.log.level)
     # Datasets as they arrive, on the spool's file system, in this process's own folder: emptied
     # now (whatever a process before it left there was never acknowledged).
@@ -563,9 +570,24 @@ def _receiver_main(config: Config, listener: socket.socket, parent_pid: int, sha
     shared.beats[index] = time.monotonic()
     shared.ready[index] = 1
     while not stopping.wait(0.5) and os.getppid() == parent_pid:
-        pass
+        if reload.is_set():
+            reload.clear()
+            _reload_receiver(receiver, config.source)
     receiver.stop()
     state.close()
+
+
+def _reload_receiver(receiver: Receiver, source: Path) -> None:
+    """SIGHUP from the daemon: take the allowed peers and the log level from the file again. The
+    daemon has checked the file; one that no longer loads changes nothing here."""
+    from agent import config as config_module
+
+    try:
+        fresh = config_module.load(source)
+    except AgentError:
+        return
+    receiver.allow(fresh.receive.allowed_peers)
+    log.configure(fresh.log.level)
 
 
 class ReceiverFailed(AgentError):
@@ -590,6 +612,12 @@ class ReceiverProcesses:
     @property
     def port(self) -> int:
         return int(self._listener.getsockname()[1]) if self._listener is not None else self.config.receive.port
+
+    def reload(self) -> None:
+        """Pass SIGHUP on: each process reads the allowed peers and log level again."""
+        for process in self._processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGHUP)
 
     def ready_count(self) -> int:
         """Receiver processes accepting on the port now."""

@@ -12,6 +12,7 @@ import signal
 import stat
 import threading
 import time
+from dataclasses import fields, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 from pathlib import Path
@@ -54,6 +55,19 @@ def private_paths(config: Config) -> list[tuple[Path, int]]:
 
 
 _RECEIVER_STUCK_S = 60.0  # a receiver process turns its reaper every 2 s, whatever its associations do
+
+
+def _changed_keys(old: Config, new: Config) -> set[str]:
+    """`section.key` of every value that differs between two configurations."""
+    changed = set()
+    for section in fields(old):
+        if section.name == "source":
+            continue
+        before, after = getattr(old, section.name), getattr(new, section.name)
+        for key in fields(before):
+            if getattr(before, key.name) != getattr(after, key.name):
+                changed.add(f"{section.name}.{key.name}")
+    return changed
 
 
 def check_private(config: Config) -> None:
@@ -150,6 +164,33 @@ class Service:
         """Called by `serve` every half second, on the main thread."""
         self.receiver.supervise()
 
+    def reload(self) -> None:
+        """SIGHUP: take again what is safe to change live (allowed peers, upload window, bandwidth,
+        log level); name what changed that needs a restart. A file that no longer loads changes
+        nothing, and says why."""
+        from agent import config as config_module
+
+        try:
+            fresh = config_module.load(self.config.source)
+        except AgentError as exc:
+            _log.error("config_reload_refused", error=str(exc), action="nothing changed; fix the file and send SIGHUP again")
+            return
+        live = {"receive.allowed_peers", "platform.upload_window", "platform.bandwidth_mbit_s", "log.level"}
+        changed = _changed_keys(self.config, fresh)
+        log.configure(fresh.log.level)
+        self.receiver.reload()
+        if self.client is not None:
+            self.client.retune(fresh.platform)
+        applied = sorted(changed & live)
+        restart = sorted(changed - live)
+        _log.info("config_reloaded", applied=applied)
+        if restart:
+            _log.warning("config_change_needs_restart", keys=restart, action="systemctl restart nmip-agent")
+        self.config = replace(self.config, receive=replace(self.config.receive, allowed_peers=fresh.receive.allowed_peers),
+                              platform=replace(self.config.platform, upload_window=fresh.platform.upload_window,
+                                               bandwidth_mbit_s=fresh.platform.bandwidth_mbit_s),
+                              log=fresh.log)
+
     def stuck(self, limit_s: float = STUCK_AFTER_S) -> list[str]:
         """The loops that are busy in one step for longer than `limit_s` (idle ones are fine)."""
         loops = [self.pipeline.heartbeat]
@@ -185,8 +226,8 @@ class _Keepalive:
     """The main thread's round every half second: supervise the receivers, tell systemd how the
     queues stand (every 10 s), and send WATCHDOG=1 only while no loop is stuck."""
 
-    def __init__(self, service: Service, notifier: Notifier) -> None:
-        self.service, self.notifier = service, notifier
+    def __init__(self, service: Service, notifier: Notifier, reload: threading.Event) -> None:
+        self.service, self.notifier, self.reload = service, notifier, reload
         self._next_status = self._next_watchdog = time.monotonic()
         self._reported: list[str] = []
 
@@ -194,6 +235,11 @@ class _Keepalive:
         # Wake up regularly: the kernel may deliver SIGTERM to one of the SCP's threads, and Python
         # runs its handler only when the main thread next executes, which a bare wait() never does.
         while not stop.wait(0.5):
+            if self.reload.is_set():
+                self.reload.clear()
+                self.notifier.send("RELOADING=1")
+                self.service.reload()
+                self.notifier.send("READY=1")
             self.service.supervise()
             self._notify()
 
@@ -227,18 +273,23 @@ def serve(config: Config) -> int:
     service = Service(config)
     stop = threading.Event()
 
+    reload = threading.Event()
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            reload.set()  # acted on by the main loop, not inside the handler
+            return
         _log.info("agent_stopping", signal=signal.Signals(signum).name)
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     notifier = Notifier()
     running = RunningLock(config.pipeline.database)
     try:
         running.acquire()
         service.start()
         notifier.send("READY=1", f"STATUS={service.status_line()}", f"MAINPID={os.getpid()}")
-        _Keepalive(service, notifier).run(stop)
+        _Keepalive(service, notifier, reload).run(stop)
     finally:
         notifier.send("STOPPING=1", "STATUS=stopping: finishing in-flight work")
         service.stop()

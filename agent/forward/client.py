@@ -296,6 +296,11 @@ class PlatformClient:
     def __repr__(self) -> str:
         return f"PlatformClient({self.config.dicomweb_url!r})"
 
+    def retune(self, config: PlatformConfig) -> None:
+        """SIGHUP: a new upload window and bandwidth cap, from the next request on."""
+        self.window = UploadWindow.parse(config.upload_window)
+        self._limiter = RateLimiter.megabits(config.bandwidth_mbit_s)
+
     def __enter__(self) -> PlatformClient:
         return self
 

@@ -7,6 +7,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.scenarios.daemon import Daemon
 
 
@@ -76,3 +78,30 @@ def test_status_says_first_whether_the_agent_runs_and_since_when(tmp_path: Path)
                                 capture_output=True, text=True, timeout=60)
         assert second.returncode == 2 and "another agent runs on this state database" in second.stderr
     assert status(agent).stdout.splitlines()[0].startswith("agent: not running")
+
+
+def test_sighup_takes_the_allowed_peers_again_and_names_what_needs_a_restart(tmp_path: Path) -> None:
+    import signal
+
+    import yaml
+
+    from tests.peers.dcmtk import dcmtk_available
+    from tests.scenarios.daemon import storescu, wait_for
+    from tests.synthetic import make_study, write
+
+    if not dcmtk_available():
+        pytest.skip("DCMTK is installed by make test")
+    files = [write(ds, tmp_path / "pacs" / f"{i}.dcm") for i, ds in enumerate(make_study(n_series=1, n_per_series=1))]
+    with Daemon(tmp_path / "agent", pipeline__quiet_period_s=3600) as agent:
+        assert storescu(agent.port, files).returncode == 0
+        config = yaml.safe_load(agent.config_path.read_text())
+        config["receive"]["allowed_peers"] = [{"ae_title": "NEWPACS", "address": "127.0.0.1"}]
+        config["pipeline"]["workers"] = 3  # needs a restart
+        agent.config_path.write_text(yaml.safe_dump(config))
+        agent.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: '"config_reloaded"' in agent.log_text(), what="the reload")
+        wait_for(lambda: storescu(agent.port, files).returncode != 0, what="STORESCU to be refused")
+        assert storescu(agent.port, files, calling_ae="NEWPACS").returncode == 0
+        log = agent.log_text()
+        assert '"config_change_needs_restart"' in log and "pipeline.workers" in log
+        assert agent.process.poll() is None  # still serving
