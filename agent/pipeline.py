@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import shutil
 import threading
 import time
@@ -113,6 +114,9 @@ def _init_worker(profile: str, key_file: Path, daemon_pid: int, limits: Limits,
                  expected: tuple[str, str] | None = None) -> None:
     global _processor
     name_process("nmip-deidentify")
+    # Ctrl-C in the terminal reaches the whole process group: the daemon stops its workers itself,
+    # and a worker interrupted in its queue's lock would print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     log.configure("warning")  # what a library logs or warns in a worker goes out without its text
     os.nice(WORKER_NICE)
     bound_worker_memory(limits)

@@ -105,3 +105,30 @@ def test_sighup_takes_the_allowed_peers_again_and_names_what_needs_a_restart(tmp
         log = agent.log_text()
         assert '"config_change_needs_restart"' in log and "pipeline.workers" in log
         assert agent.process.poll() is None  # still serving
+
+
+def test_ctrl_c_stops_the_agent_and_its_workers_without_a_traceback(tmp_path: Path) -> None:
+    """Ctrl-C under `make run` reaches every process of the terminal's group."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.scenarios.daemon import wait_for
+
+    agent = Daemon(tmp_path / "agent", pipeline__quiet_period_s=3600)  # writes the config only
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "agent.cli", "serve", "--config", str(agent.config_path)],
+                                   stdout=out, stderr=subprocess.STDOUT, cwd=agent.root, start_new_session=True)
+    try:
+        wait_for(lambda: b'"agent_started"' in log.read_bytes(), what="the agent to start")
+        time.sleep(1.0)  # the workers are up and waiting on their queue
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert '"agent_stopped"' in text
