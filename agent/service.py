@@ -24,6 +24,7 @@ from agent.errors import AgentError
 from agent.clinical import parse_schema
 from agent.clinical.intake import ClinicalIntake
 from agent.deidentify import load_profile, ocr
+from agent.forward.schedule import window_offset_s
 from agent.notify import STUCK_AFTER_S, Notifier, RunningLock
 
 if TYPE_CHECKING:
@@ -117,6 +118,8 @@ class Service:
         self.key_id = key.key_id
         self.profile = profile
         self.client = client
+        if client is not None:
+            client.open_later(window_offset_s(key.secret))
         self.forwarder = None if self.client is None else Forwarder(
             self.state, self.spool, self.client, outbox=config.pipeline.outbox,
             quarantine_dir=config.pipeline.quarantine, clinical=config.clinical,

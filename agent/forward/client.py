@@ -269,6 +269,7 @@ class PlatformClient:
         self.config, self.source = config, source
         self.backoff = Backoff(config.retry_initial_s, config.retry_max_s)
         self.window = UploadWindow.parse(config.upload_window)
+        self.window_offset_s = 0
         self._limiter = RateLimiter.megabits(config.bandwidth_mbit_s)
         self._stow_url = f"{config.dicomweb_url}/studies"
         try:
@@ -296,9 +297,14 @@ class PlatformClient:
     def __repr__(self) -> str:
         return f"PlatformClient({self.config.dicomweb_url!r})"
 
+    def open_later(self, seconds: int) -> None:
+        """Open the upload window `seconds` after its configured start (the site's keyed offset)."""
+        self.window_offset_s = seconds
+        self.window = UploadWindow.parse(self.config.upload_window).opening_later(seconds)
+
     def retune(self, config: PlatformConfig) -> None:
-        """SIGHUP: a new upload window and bandwidth cap, from the next request on."""
-        self.window = UploadWindow.parse(config.upload_window)
+        """SIGHUP: a new upload window (with the same offset) and bandwidth cap, from the next request on."""
+        self.window = UploadWindow.parse(config.upload_window).opening_later(self.window_offset_s)
         self._limiter = RateLimiter.megabits(config.bandwidth_mbit_s)
 
     def __enter__(self) -> PlatformClient:

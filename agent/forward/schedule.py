@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
+import hmac
 import random
 import threading
 import time
@@ -70,6 +72,17 @@ class UploadWindow:
     def always(self) -> bool:
         return self.start is None or self.end is None or self.start == self.end
 
+    def opening_later(self, seconds: int) -> UploadWindow:
+        """The same window opening `seconds` later (the site's keyed offset: a nation's agents do
+        not all connect at 19:00); the end stays."""
+        if self.always or seconds <= 0:
+            return self
+        assert self.start is not None
+        moment = datetime.datetime.combine(datetime.date(2000, 1, 1), self.start) + datetime.timedelta(seconds=seconds)
+        shifted = moment.time()
+        return self if shifted == self.end else UploadWindow(shifted, self.end)
+
+
     def is_open(self, now: datetime.datetime) -> bool:
         """True when `now` (local time, naive or aware) falls in the window."""
         if self.always:
@@ -93,6 +106,13 @@ class UploadWindow:
         if opening <= now:
             opening += datetime.timedelta(days=1)
         return (opening - now).total_seconds()
+
+
+def window_offset_s(secret: bytes, spread_s: int = 600) -> int:
+    """The site's keyed offset into its upload window, 0 to `spread_s` seconds: the same for one
+    site at every start, different between sites, and saying nothing of the key."""
+    digest = hmac.new(secret, b"nmip-agent upload window offset", hashlib.sha256).digest()
+    return int.from_bytes(digest[:4], "big") % spread_s
 
 
 class RateLimiter:

@@ -140,3 +140,18 @@ def test_rate_limiter_from_megabits() -> None:
     limiter = RateLimiter.megabits(8)
     assert limiter is not None and limiter.bytes_per_s == 1_000_000
     assert RateLimiter.megabits(0) is None
+
+
+def test_each_site_opens_its_window_at_its_own_keyed_offset() -> None:
+    """A nation's agents do not all connect at 19:00: the offset is keyed, stable, under 10 min."""
+    import datetime as dt
+
+    from agent.forward.schedule import UploadWindow, window_offset_s
+
+    offsets = {window_offset_s(bytes([n]) * 32) for n in range(40)}
+    assert all(0 <= o < 600 for o in offsets) and len(offsets) > 30
+    assert window_offset_s(b"k" * 32) == window_offset_s(b"k" * 32)
+    window = UploadWindow.parse("19:00-07:00").opening_later(317)
+    assert window.start == dt.time(19, 5, 17) and window.end == dt.time(7, 0)
+    assert not window.is_open(dt.datetime(2026, 12, 4, 19, 5, 16)) and window.is_open(dt.datetime(2026, 12, 4, 19, 5, 17))
+    assert UploadWindow.parse("").opening_later(317).always
