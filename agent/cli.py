@@ -387,6 +387,8 @@ def status(config: ConfigFile, as_json: Annotated[bool, typer.Option("--json")] 
         out.print(f"  {entry['study_key']}  {entry['reason']}  {entry['instances']} instance(s)"
                   f" in {len(entry['series'])} series")
     _print_delivery(report["delivery"], report["clinical_batches"])
+    if report["delivery"]["enabled"]:
+        _print_capacity(report["capacity"])
     if report["undelivered_beyond_retention"]:
         out.print(f"[bold red]{report['undelivered_beyond_retention']} stud(ies) undelivered beyond"
                   " spool.retention_days[/]: identifiable copies are kept until the platform acknowledges them")
@@ -407,6 +409,17 @@ def _print_delivery(delivery: dict[str, Any], clinical: dict[str, int]) -> None:
         out.print(f"  {delivery['instances_refused_by_platform']} instance(s) refused by the platform, in quarantine")
     if clinical:
         out.print("clinical batches: " + ", ".join(f"{k} {v}" for k, v in sorted(clinical.items())))
+
+
+def _print_capacity(capacity: dict[str, Any]) -> None:
+    """Bytes waiting, the last day's inflow and drain, and the warning when the outbox grows."""
+    gb = 1e9
+    out.print(f"capacity: {capacity['bytes_waiting'] / gb:.1f} GB waiting; last 24 h: "
+              f"{capacity['received_last_24h_bytes'] / gb:.1f} GB in, {capacity['sent_last_24h_bytes'] / gb:.1f} GB sent"
+              + (f"; at most {capacity['capacity_per_day_bytes'] / gb:.0f} GB a day at this cap and window"
+                 if capacity["capacity_per_day_bytes"] else ""))
+    if capacity["warning"]:
+        out.print(f"  [yellow]warning[/yellow]: {escape(capacity['warning'])}")
 
 
 @quarantine_app.command("list")

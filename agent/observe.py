@@ -21,6 +21,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from agent import log
 from agent.config import Config
+from agent.operate import capacity
+from agent.pipeline import outbox_bytes
 from agent.spool.state import State
 
 _log = log.get("observe")
@@ -41,8 +43,20 @@ class StateCollector:
             oldest = state.oldest("queued")
             spool = state.spool_bytes()
             problem = state.platform_problem()
+            received_day, sent_day = state.bytes_since(time.time() - 86_400)
         finally:
             state.close()
+        waiting = outbox_bytes(self.config.pipeline.outbox) if self.config.pipeline.outbox.exists() else 0
+        room = capacity(self.config, received_day, sent_day, waiting)
+        yield GaugeMetricFamily("nmip_outbox_bytes", "De-identified bytes waiting for the platform.", value=float(waiting))
+        yield GaugeMetricFamily("nmip_received_bytes_last_24h", "Bytes received in the last 24 hours.",
+                                value=float(received_day))
+        yield GaugeMetricFamily("nmip_sent_bytes_last_24h", "Bytes the platform took in the last 24 hours (the drain).",
+                                value=float(sent_day))
+        yield GaugeMetricFamily("nmip_capacity_bytes_per_day", "What the bandwidth cap and upload window can send a day "
+                                "(0: no cap).", value=float(room["capacity_per_day_bytes"] or 0))
+        yield GaugeMetricFamily("nmip_capacity_short", "1 when more arrived in the last 24 h than the cap and window "
+                                "can send a day: the outbox grows.", value=1.0 if room["warning"] else 0.0)
         yield _labelled("nmip_studies", "Studies per state.", "state", counts["studies"])
         yield _labelled("nmip_instances", "Instances per state (received, deidentified, queued, delivered, "
                         "quarantined, excluded, purged).", "state", counts["instances"])

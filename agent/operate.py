@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.config import Config
 from agent.pipeline import outbox_bytes
+from agent.forward.schedule import UploadWindow
 from agent.notify import RunningLock
 from agent.spool.state import InstanceRow, State, StudyRow
 from agent.spool.store import Spool
@@ -32,6 +33,7 @@ def status(config: Config) -> dict[str, Any]:
         problem = state.platform_problem()
         clinical = state.clinical_counts()
         refused_by_platform = state.instances_refused_by_platform()
+        received_day, sent_day = state.bytes_since(time.time() - 86_400)
         beyond_retention = sum(1 for s in state.studies("queued")
                                if s.updated_at < time.time() - config.spool.retention_days * 86_400)
     finally:
@@ -53,10 +55,42 @@ def status(config: Config) -> dict[str, Any]:
         if config.spool.directory.exists() else None,
         "quarantine": quarantined,
         "delivery": _delivery(config, problem, refused_by_platform),
+        "capacity": capacity(config, received_day, sent_day,
+                             outbox_bytes(config.pipeline.outbox) if config.pipeline.outbox.exists() else 0),
         # Identifiable copies are never purged before delivery; past the retention they are reported.
         "undelivered_beyond_retention": beyond_retention,
         "clinical_batches": clinical,
     }
+
+
+def window_hours(text: str) -> float:
+    """Hours a day the upload window is open (24 when there is none)."""
+    window = UploadWindow.parse(text)
+    if window.always:
+        return 24.0
+    assert window.start is not None and window.end is not None
+    minutes = (window.end.hour * 60 + window.end.minute) - (window.start.hour * 60 + window.start.minute)
+    return (minutes % 1440) / 60
+
+
+def capacity(config: Config, received_day: int, sent_day: int, waiting: int) -> dict[str, Any]:
+    """What the cap and window can send a day, against what arrived in the last 24 hours: a
+    warning, with the cap or window that would drain it, when the outbox grows day by day."""
+    hours = window_hours(config.platform.upload_window)
+    cap = config.platform.bandwidth_mbit_s
+    per_day = None if not cap else int(cap * 1e6 / 8 * hours * 3600)
+    report: dict[str, Any] = {"bytes_waiting": waiting, "received_last_24h_bytes": received_day,
+                              "sent_last_24h_bytes": sent_day, "window_hours": round(hours, 2),
+                              "bandwidth_mbit_s": cap, "capacity_per_day_bytes": per_day, "warning": None}
+    if config.platform.enabled and per_day is not None and received_day > per_day:
+        needed_cap = received_day * 8 / (hours * 3600) / 1e6 if hours else float("inf")
+        needed_hours = received_day * 8 / (cap * 1e6) / 3600
+        report["warning"] = (f"at {cap:g} Mbit/s for {hours:g} h a day the platform can take about "
+                             f"{per_day / 1e9:.0f} GB a day, and {received_day / 1e9:.0f} GB arrived in the last "
+                             f"24 h: the outbox grows. A cap of {needed_cap:.0f} Mbit/s"
+                             + (f", or a window of {needed_hours:.1f} h," if needed_hours <= 24 else "")
+                             + " would drain it")
+    return report
 
 
 def _delivery(config: Config, problem: dict[str, Any] | None, refused: int) -> dict[str, Any]:

@@ -537,6 +537,14 @@ class State:
         row = self._db().execute("SELECT kind, detail, since, attempts, next_attempt_at FROM platform_problem").fetchone()
         return None if row is None else dict(zip(("kind", "detail", "since", "attempts", "next_attempt_at"), row))
 
+    def bytes_since(self, since: float) -> tuple[int, int]:
+        """(bytes received, bytes sent to the platform) since `since`: the day's inflow and drain."""
+        db = self._db()
+        received = db.execute("SELECT COALESCE(SUM(size), 0) FROM instances WHERE received_at >= ?"
+                              " AND state NOT IN ('excluded')", (since,)).fetchone()[0]
+        sent = db.execute("SELECT COALESCE(SUM(size), 0) FROM sent WHERE sent_at >= ?", (since,)).fetchone()[0]
+        return int(received), int(sent)
+
     def check_writable(self) -> None:
         """Take the write lock and give it back: raises if the database cannot be written."""
         db = self._db()
