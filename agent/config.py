@@ -181,8 +181,8 @@ def _text(choices: tuple[str, ...] | None = None) -> Callable[[Any], str]:
 
 
 def _https_url(value: Any) -> str:
-    if not isinstance(value, str) or (value and not re.fullmatch(r"https://[^\s/?#]+(/[^\s?#]*)?", value)):
-        raise ValueError("an https:// URL (delivery is never in clear), or empty")
+    if not isinstance(value, str) or (value and not re.fullmatch(r"https://[^\s/?#@]+(/[^\s?#]*)?", value)):
+        raise ValueError("an https:// URL without user or password in it (credentials go in files), or empty")
     return value.rstrip("/")
 
 
@@ -268,7 +268,7 @@ _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "observe": {"bind": _address, "port": _int(0, 65535), "platform_stale_minutes": _int(1, 10_080)},
 }  # fmt: skip
 #: Keys whose wrong value may hold a secret (a proxy URL with a password): never repeated in the error.
-_NOT_ECHOED = {"proxy", "allowed_peers"}  # allowed_peers: the error names the entry; the whole list is noise
+_NOT_ECHOED = {"proxy", "allowed_peers", "dicomweb_url", "manifest_url", "clinical_url", "oauth2_token_url"}  # may hold a password; the list is noise
 _SECTIONS: dict[str, type] = {
     "receive": ReceiveConfig, "spool": SpoolConfig, "pipeline": PipelineConfig, "platform": PlatformConfig,
     "clinical": ClinicalConfig, "log": LogConfig, "limits": Limits, "observe": ObserveConfig,

@@ -91,13 +91,17 @@ class RunningLock:
     def acquire(self) -> None:
         """Take the lock and write who holds it; AlreadyRunning if another agent holds it."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for attempt in range(20):  # `status` holds it shared for a moment while it reads
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
+        else:
             os.close(fd)
             holder = self.holder()
             since = f" (pid {holder['pid']}, since {holder['started_at']})" if holder else ""
-            raise AlreadyRunning(f"{self.path}: another agent runs on this state database{since}") from None
+            raise AlreadyRunning(f"{self.path}: another agent runs on this state database{since}")
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "started_at": datetime.now(timezone.utc).isoformat(
             timespec="seconds")}).encode())

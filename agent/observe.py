@@ -151,6 +151,7 @@ class ObserveServer:
 
 def _handler(registry: CollectorRegistry, readiness: Readiness) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = 10  # an idle connection gives its thread back: the unit's TasksMax is shared
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             if self.path == "/healthz":
                 self._send(200, b"ok\n", "text/plain; charset=utf-8")

@@ -373,6 +373,7 @@ class Pipeline:
                 futures[index] = self._submit(rows[index]).future
         results: list[InstanceResult | None] = []
         for index in range(len(rows)):
+            self.heartbeat.beat()  # a study of many slices read by OCR is turning, instance by instance
             try:
                 results.append(futures[index].result())
             except BrokenProcessPool:  # its worker, or another one beside it, died

@@ -578,7 +578,7 @@ def _receiver_main(config: Config, listener: socket.socket, parent_pid: int, sha
 
 
 def _reload_receiver(receiver: Receiver, source: Path) -> None:
-    """SIGHUP from the daemon: take the allowed peers and the log level from the file again. The
+    """SIGHUP from the daemon: take the allowed peers from the file again. The
     daemon has checked the file; one that no longer loads changes nothing here."""
     from agent import config as config_module
 
@@ -587,7 +587,6 @@ def _reload_receiver(receiver: Receiver, source: Path) -> None:
     except AgentError:
         return
     receiver.allow(fresh.receive.allowed_peers)
-    log.configure(fresh.log.level)
 
 
 class ReceiverFailed(AgentError):
@@ -614,7 +613,7 @@ class ReceiverProcesses:
         return int(self._listener.getsockname()[1]) if self._listener is not None else self.config.receive.port
 
     def reload(self) -> None:
-        """Pass SIGHUP on: each process reads the allowed peers and log level again."""
+        """Pass SIGHUP on: each process reads the allowed peers again."""
         for process in self._processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGHUP)

@@ -8,6 +8,7 @@ study in hand (it stays `stable` and resumes at the next start), and the workers
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import stat
 import threading
@@ -168,8 +169,8 @@ class Service:
         self.receiver.supervise()
 
     def reload(self) -> None:
-        """SIGHUP: take again what is safe to change live (allowed peers, upload window, bandwidth,
-        log level); name what changed that needs a restart. A file that no longer loads changes
+        """SIGHUP: take again what is safe to change live (allowed peers, upload window, bandwidth);
+        name what changed that needs a restart. A file that no longer loads changes
         nothing, and says why."""
         from agent import config as config_module
 
@@ -178,9 +179,10 @@ class Service:
         except AgentError as exc:
             _log.error("config_reload_refused", error=str(exc), action="nothing changed; fix the file and send SIGHUP again")
             return
-        live = {"receive.allowed_peers", "platform.upload_window", "platform.bandwidth_mbit_s", "log.level"}
+        live = {"receive.allowed_peers", "platform.upload_window", "platform.bandwidth_mbit_s"}
         changed = _changed_keys(self.config, fresh)
-        log.configure(fresh.log.level)
+        self.receiver.config = replace(self.receiver.config, receive=replace(
+            self.receiver.config.receive, allowed_peers=fresh.receive.allowed_peers))  # a restarted process too
         self.receiver.reload()
         if self.client is not None:
             self.client.retune(fresh.platform)
@@ -191,8 +193,7 @@ class Service:
             _log.warning("config_change_needs_restart", keys=restart, action="systemctl restart nmip-agent")
         self.config = replace(self.config, receive=replace(self.config.receive, allowed_peers=fresh.receive.allowed_peers),
                               platform=replace(self.config.platform, upload_window=fresh.platform.upload_window,
-                                               bandwidth_mbit_s=fresh.platform.bandwidth_mbit_s),
-                              log=fresh.log)
+                                               bandwidth_mbit_s=fresh.platform.bandwidth_mbit_s))
 
     def stuck(self, limit_s: float = STUCK_AFTER_S) -> list[str]:
         """The loops that are busy in one step for longer than `limit_s` (idle ones are fine)."""
@@ -273,16 +274,21 @@ class _Keepalive:
 def serve(config: Config) -> int:
     """Run until SIGTERM or SIGINT; returns the exit code."""
     log.configure(config.log.level)
+    # No process of the agent dumps core (the daemon and receivers hold received datasets): a
+    # watchdog's SIGABRT would otherwise leave patients' data in the host's crash folder.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     service = Service(config)
     stop = threading.Event()
 
     reload = threading.Event()
+    stopping_on: list[str] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Only events here: logging from a handler could deadlock on the logger's lock.
         if signum == signal.SIGHUP:
-            reload.set()  # acted on by the main loop, not inside the handler
+            reload.set()
             return
-        _log.info("agent_stopping", signal=signal.Signals(signum).name)
+        stopping_on.append(signal.Signals(signum).name)
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
@@ -294,6 +300,8 @@ def serve(config: Config) -> int:
         notifier.send("READY=1", f"STATUS={service.status_line()}", f"MAINPID={os.getpid()}")
         _Keepalive(service, notifier, reload).run(stop)
     finally:
+        if stopping_on:
+            _log.info("agent_stopping", signal=stopping_on[0])
         notifier.send("STOPPING=1", "STATUS=stopping: finishing in-flight work")
         service.stop()
         running.release()

@@ -58,9 +58,10 @@ def _redacted_config(path: Path) -> str:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return "# the configuration could not be read\n"
-    platform = data.get("platform") if isinstance(data, dict) else None
-    if isinstance(platform, dict) and isinstance(platform.get("proxy"), str):
-        platform["proxy"] = _SECRET_URL.sub("REDACTED@", platform["proxy"])
+    for section in data.values() if isinstance(data, dict) else []:
+        for key, value in section.items() if isinstance(section, dict) else []:
+            if isinstance(value, str):  # any user:password@ in a URL (serve refuses them but for the proxy)
+                section[key] = _SECRET_URL.sub("REDACTED@", value)
     return f"# {path} (secrets are in files it names, which are not included)\n" + yaml.safe_dump(data, sort_keys=False)
 
 

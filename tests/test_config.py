@@ -52,6 +52,8 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
         ("pipeline: {quiet_period_s: -1}\n", "pipeline.quiet_period_s: a number from 0 to 86400"),
         ("log: {level: loud}\n", "log.level: one of debug, info, warning, error"),
         ("receive: [1, 2]\n", "receive: expected a mapping"),
+        ("platform: {dicomweb_url: 'https://svc:S3cretPw@platform.example.org/dicom-web'}\n",
+         "platform.dicomweb_url: an https:// URL without user or password in it"),
         ("receive: {port: 1\n", "not valid YAML: expected ',' or '}', but got '<stream end>' at the end of the file (line 1)"),
         ("receive: {processes: 0}\n", "receive.processes: an integer from 1 to 32"),
         ("platform: {dicomweb_url: 'http://platform/dicom-web'}\n", "platform.dicomweb_url: an https:// URL"),

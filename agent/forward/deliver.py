@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,7 +50,7 @@ def batches(instances: Sequence[OutgoingInstance], size: int) -> list[list[Outgo
 
 
 def deliver_study(client: StowClient, instances: Sequence[OutgoingInstance], batch_size: int, *,
-                  reject_unacknowledged: bool = False) -> StudyDelivery:
+                  reject_unacknowledged: bool = False, on_request: Callable[[], None] | None = None) -> StudyDelivery:
     """Send `instances` in batches of `batch_size`; return what became of each.
 
     When a request does not get every instance stored, the ones the platform did not name are
@@ -82,6 +82,8 @@ def deliver_study(client: StowClient, instances: Sequence[OutgoingInstance], bat
     while pending:
         batch = pending.popleft()
         requests += 1
+        if on_request is not None:
+            on_request()  # a sign of life per request: a study of many GB is turning, not stuck
         try:
             outcome = client.store_instances(batch)
         except DeliveryError as exc:

@@ -251,7 +251,7 @@ class Forwarder:
             by_uid[uid] = (row, path)
             outgoing.append(OutgoingInstance(uid, str(header.SOPClassUID), path=path))
         attempts = self.state.delivery_attempts(study_key)
-        delivery = deliver_study(self.client, outgoing, self.client.config.batch_size,
+        delivery = deliver_study(self.client, outgoing, self.client.config.batch_size, on_request=self.heartbeat.beat,
                                  reject_unacknowledged=attempts + 1 >= UNACKNOWLEDGED_ATTEMPTS)
         sent = {by_uid[uid][0].sop_key: (_sha256(by_uid[uid][1]), by_uid[uid][1].stat().st_size)
                 for uid in delivery.stored}

@@ -77,7 +77,12 @@ class UploadWindow:
         not all connect at 19:00); the end stays."""
         if self.always or seconds <= 0:
             return self
-        assert self.start is not None
+        assert self.start is not None and self.end is not None
+        length = (self.end.hour * 3600 + self.end.minute * 60 + self.end.second
+                  - self.start.hour * 3600 - self.start.minute * 60 - self.start.second) % 86_400
+        seconds = min(seconds, length // 4)  # a short window keeps at least three quarters of itself
+        if seconds <= 0:
+            return self
         moment = datetime.datetime.combine(datetime.date(2000, 1, 1), self.start) + datetime.timedelta(seconds=seconds)
         shifted = moment.time()
         return self if shifted == self.end else UploadWindow(shifted, self.end)

@@ -155,3 +155,16 @@ def test_each_site_opens_its_window_at_its_own_keyed_offset() -> None:
     assert window.start == dt.time(19, 5, 17) and window.end == dt.time(7, 0)
     assert not window.is_open(dt.datetime(2026, 12, 4, 19, 5, 16)) and window.is_open(dt.datetime(2026, 12, 4, 19, 5, 17))
     assert UploadWindow.parse("").opening_later(317).always
+
+
+def test_a_short_window_is_never_turned_inside_out_by_the_offset() -> None:
+    """22:00-22:05 shifted by 9 minutes would open 22:09-22:05: almost the whole day."""
+    import datetime as dt
+
+    from agent.forward.schedule import UploadWindow
+
+    for text, offset in (("22:00-22:05", 540), ("23:55-00:02", 599), ("00:00-00:05", 400)):
+        window = UploadWindow.parse(text)
+        shifted = window.opening_later(offset)
+        open_minutes = sum(shifted.is_open(dt.datetime(2026, 12, 4) + dt.timedelta(minutes=m)) for m in range(1440))
+        assert 0 < open_minutes <= 7, (text, shifted)
