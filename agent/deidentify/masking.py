@@ -163,33 +163,16 @@ def _displayed(ds: Dataset, index: int) -> np.ndarray:
 
 def rgb_frame(ds: Dataset, index: int) -> np.ndarray:
     """One frame as 8-bit RGB, as a viewer would show it (greyscale stretched to its range)."""
-    from pydicom.pixels.processing import convert_color_space
-
-    view, layout = _view(ds, writable=False)
-    photometric = _photometric(ds)
-    frame = view[index]
-    if layout == "422":
-        luma = frame[..., 0:2].reshape(frame.shape[0], -1)
-        ycc = np.dstack([luma, np.repeat(frame[..., 2], 2, axis=1), np.repeat(frame[..., 3], 2, axis=1)])
-        return np.asarray(convert_color_space(ycc, "YBR_FULL", "RGB"), dtype=np.uint8)
-    if layout == "planar":
-        frame = np.moveaxis(frame, 0, -1)
-    if layout in ("planar", "interleaved"):
-        data = frame if frame.dtype == np.uint8 else (frame >> (8 * frame.dtype.itemsize - 8)).astype(np.uint8)
-        if photometric == "YBR_FULL":
-            data = np.asarray(convert_color_space(data, "YBR_FULL", "RGB"), dtype=np.uint8)
-        return np.ascontiguousarray(data)
-    if photometric == "PALETTE COLOR":
-        colour = _palette_colours(ds, frame)
-        shift = 8 if colour.max(initial=0) > 255 else 0
-        return (colour >> shift).astype(np.uint8)
-    values = _values(ds, frame).astype(np.float64)
-    low, high = float(values.min()), float(values.max())
-    scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-    if photometric == "MONOCHROME1":
-        scaled = 255.0 - scaled
-    grey = scaled.astype(np.uint8)
-    return np.dstack([grey, grey, grey])
+    values = _displayed(ds, index)
+    if values.shape[-1] == 1:
+        grey = values[..., 0].astype(np.float64)
+        low, high = float(grey.min()), float(grey.max())
+        scaled = (grey - low) * (255.0 / (high - low)) if high > low else np.zeros_like(grey)
+        if _photometric(ds) == "MONOCHROME1":
+            scaled = 255.0 - scaled
+        return np.dstack([scaled.astype(np.uint8)] * 3)
+    shift = 8 if int(values.max(initial=0)) > 255 else 0  # 16-bit colour or palette entries
+    return np.ascontiguousarray((values.astype(np.int64) >> shift).astype(np.uint8))
 
 
 def frame_count(ds: Dataset) -> int:
