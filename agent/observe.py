@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from agent import log
+from agent import log, metrics
 from agent.config import Config
 from agent.operate import capacity
 from agent.pipeline import outbox_bytes
@@ -134,6 +134,7 @@ class ObserveServer:
     def __init__(self, config: Config, collector: StateCollector, readiness: Readiness) -> None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(collector)
+        metrics.collect_into(registry)
         handler = _handler(registry, readiness)
         self.server = ThreadingHTTPServer((config.observe.bind, config.observe.port), handler)
         self.server.daemon_threads = True

@@ -32,7 +32,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from agent import log
+from agent import log, metrics
 from agent.config import Config, Peer, ReceiveConfig
 from agent.connections import ConnectionTable, bounded_handler
 from agent.errors import AgentError
@@ -177,6 +177,7 @@ def _server_class(listener: socket.socket, shared: ReceiverShared, index: int,
             refused = receiver.admit_connection(request, str(address[0]))
             if refused is not None:
                 request.close()
+                metrics.association_refused(refused.split()[0])  # max_connections[_per_address]
                 log_refused(str(address[0]), refused)
                 raise ConnectionRefusedError(refused)  # socketserver drops it and waits for the next
             return request, address
@@ -428,16 +429,19 @@ class Receiver:
             _log.warning("association_rejected", calling_ae_title=calling, called_ae_title=called, address=address,
                          reason="called AE title is not this agent's", check="receive.ae_title, and the PACS's "
                          "destination for this agent")
+            metrics.association_refused("called_ae_title")
             event.assoc.acse.send_reject(0x01, 0x01, 0x07)  # rejected-permanent, called AE title not recognised
             event.assoc.kill()
         elif (calling, address) not in self._allowed:
             _log.warning("association_rejected", calling_ae_title=calling, called_ae_title=called, address=address,
                          reason="not an allowed peer", check="receive.allowed_peers (AE title and address)")
+            metrics.association_refused("not_an_allowed_peer")
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, calling AE not recognised
             event.assoc.kill()
         elif not self._take_slot(id(event.assoc)):
             _log.warning("association_rejected", calling_ae_title=calling, address=address,
                          reason="max_associations reached")
+            metrics.association_refused("max_associations")
             event.assoc.acse.send_reject(0x02, 0x03, 0x02)  # rejected-transient, local limit exceeded
             event.assoc.kill()
 
@@ -470,6 +474,7 @@ class Receiver:
         with self._lock:
             self._counts[id(event.assoc)] = 0
             active = len(self._counts)
+        metrics.association_accepted()
         _log.info("association_opened", calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
                   address=str(event.assoc.requestor.address), active=active, receiver=self.index)
 

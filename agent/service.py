@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from pathlib import Path
 from types import FrameType
 
-from agent import log
+from agent import log, metrics
 from agent.config import Config
 from agent.errors import AgentError
 from agent.clinical import parse_schema
@@ -106,6 +106,10 @@ class Service:
         client = PlatformClient(config.platform, config.source) if config.platform.enabled else None
         schema = parse_schema(config.clinical.schema, config.source) if config.clinical.enabled else None
         self.config = config
+        # Taken before the database is opened (and migrated): a second serve touches nothing.
+        config.pipeline.database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.running = RunningLock(config.pipeline.database)
+        self.running.acquire()
         self.state = State(config.pipeline.database, upgrade=True)
         self.spool = Spool.from_config(config.spool)
         self.pipeline = Pipeline(
@@ -146,6 +150,8 @@ class Service:
         swept = self.spool.sweep(self.state.spooled_keys())
         if swept:
             _log.info("spool_swept", files=swept, reason="not recorded before a stop: never acknowledged")
+        if self.config.observe.port:  # before any process starts: they inherit where to count
+            metrics.enable(self.config.pipeline.database.parent / "metrics")
         self.pipeline.start()
         if self.forwarder is not None:
             self.forwarder.start()
@@ -293,9 +299,7 @@ def serve(config: Config) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     notifier = Notifier()
-    running = RunningLock(config.pipeline.database)
     try:
-        running.acquire()
         service.start()
         notifier.send("READY=1", f"STATUS={service.status_line()}", f"MAINPID={os.getpid()}")
         _Keepalive(service, notifier, reload).run(stop)
@@ -304,7 +308,7 @@ def serve(config: Config) -> int:
             _log.info("agent_stopping", signal=stopping_on[0])
         notifier.send("STOPPING=1", "STATUS=stopping: finishing in-flight work")
         service.stop()
-        running.release()
+        service.running.release()
         notifier.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

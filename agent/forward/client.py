@@ -28,6 +28,7 @@ import httpx
 
 from agent import __version__
 from agent import log as agent_log
+from agent import metrics
 from agent.config import ConfigError, PlatformConfig
 from agent.forward.errors import (
     AuthenticationFailed,
@@ -329,7 +330,7 @@ class PlatformClient:
             return StowOutcome(200)
         started = time.monotonic()
         body = MultipartBody(batch)
-        with self._reported():
+        with self._reported("stow"):
             response = self._send("POST", self._stow_url, body, body.content_type, "dicomweb_url", accept=DICOM_JSON)
             status = response.status_code
             if not (200 <= status < 300 or status in STOW_REFUSED) or _client_certificate_refused(response):
@@ -349,7 +350,7 @@ class PlatformClient:
                     if getattr(self.config, k) and url.startswith(getattr(self.config, k) + "/")), None)
         if key is None:  # the credentials go to the configured platform only
             raise ValueError("put: the URL is not under platform.manifest_url or platform.clinical_url")
-        with self._reported():
+        with self._reported(key.removesuffix("_url")):
             response = self._send("PUT", url, body, content_type, key)
             if response.status_code not in PUT_DONE or _client_certificate_refused(response):
                 raise self._status_error(response, "PUT", key)
@@ -396,14 +397,18 @@ class PlatformClient:
         return body if self._limiter is None else self._limiter.paced(body)
 
     @contextlib.contextmanager
-    def _reported(self) -> Iterator[None]:
-        """Log a loud DeliveryError (authentication, TLS, a wrong URL) at error level, once, as it leaves."""
+    def _reported(self, endpoint: str) -> Iterator[None]:
+        """Time a request to `endpoint` for /metrics, count it if it failed, and log a loud
+        DeliveryError (authentication, TLS, a wrong URL) at error level, once, as it leaves."""
+        started = time.monotonic()
         try:
             yield
         except DeliveryError as exc:
+            metrics.upload_failures.labels(endpoint, exc.kind).inc()
             if exc.loud:
                 _log.error(f"platform_{exc.kind}_failed", kind=exc.kind, http_status=exc.status_code, detail=str(exc))
             raise
+        metrics.upload_seconds.labels(endpoint).observe(time.monotonic() - started)
 
     def _transport_error(self, exc: BaseException, url: str) -> DeliveryError:
         """Translate an httpx transport error, once, into the kind `status` shows."""

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -19,12 +20,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydicom import dcmread
 
 from agent.deidentify.pseudonym import Pseudonymiser, PseudonymSettings
 from agent.keys import load_key_file
 from tests.peers.platform import Platform, central_platform, clean_platform  # noqa: F401
+from tests.peers.ports import free_port
 from tests.peers.proxy import forward_proxy, proxy_available
 from tests.scenarios.daemon import Daemon, storescu, wait_for
 from tests.synthetic import Patient, make_study, planted_values, write
@@ -214,7 +217,8 @@ def test_wrong_token_is_loud_and_retried_until_the_token_is_fixed(tmp_path: Path
     token = tmp_path / "token"
     token.write_text("not-the-token\n")
     token.chmod(0o600)
-    with agent_for(tmp_path / "agent", clean_platform, platform__token_file=str(token)) as agent:
+    port = free_port()
+    with agent_for(tmp_path / "agent", clean_platform, platform__token_file=str(token), observe__port=port) as agent:
         files = send_studies(tmp_path, agent, PATIENTS[:1])
         report = wait_for(lambda: ((r := agent.status())["delivery"]["problem"] or {}).get("attempts", 0) >= 2 and r,
                           60, 0.3, "two refused attempts")
@@ -222,7 +226,13 @@ def test_wrong_token_is_loud_and_retried_until_the_token_is_fixed(tmp_path: Path
         assert "not-the-token" not in agent.log_text()
         token.write_text(clean_platform.token + "\n")  # the operator fixes it; no restart needed
         wait_delivered(agent, 1)
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     assert len(clean_platform.stored_instances()) == len(files)
+    # The monitoring saw the refusals by kind, and how long the requests that went through took.
+    failed = re.search(r'nmip_upload_failures_total\{endpoint="stow",kind="authentication"\} (\d+)', metrics)
+    assert failed and int(failed.group(1)) >= 2, metrics
+    assert re.search(r'nmip_upload_seconds_count\{endpoint="stow"\} [1-9]', metrics), metrics
+    assert re.search(r'nmip_upload_seconds_count\{endpoint="manifest"\} [1-9]', metrics), metrics
 
 
 def test_an_instance_the_platform_refuses_is_quarantined_and_the_rest_delivered(tmp_path: Path,

@@ -27,8 +27,12 @@ def test_health_readiness_and_metrics_and_nothing_identifying_in_them(tmp_path: 
         ready = httpx.get(f"{base}/readyz")
         assert ready.status_code == 200 and ready.text == "ready\n"
         assert storescu(agent.port, files).returncode == 0
+        misdirected = storescu(agent.port, files[:1], extra=("-aec", "OTHER_AGENT"))  # the later -aec wins
+        assert misdirected.returncode != 0
         agent.wait_queued(1)
         metrics = httpx.get(f"{base}/metrics").text
+        assert 'nmip_associations_total{outcome="accepted",reason=""} 1.0' in metrics, metrics
+        assert 'nmip_associations_total{outcome="refused",reason="called_ae_title"} 1.0' in metrics, metrics
         assert 'nmip_studies{state="queued"} 1.0' in metrics
         assert 'nmip_instances{state="deidentified"} 3.0' in metrics
         assert "nmip_oldest_waiting_study_seconds" in metrics and "nmip_receivers_ready 2.0" in metrics  # two processes
