@@ -33,14 +33,14 @@ def enable(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(mode=0o700, parents=True)
     os.environ[_FOLDER_VARIABLE] = str(folder)
-    values.ValueClass = values.MultiProcessValue()
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
 def collect_into(registry: CollectorRegistry) -> None:
     """Add every process's counters to `registry`, for the scrape (nothing when `enable` was not called)."""
     folder = os.environ.get(_FOLDER_VARIABLE)
     if folder:
-        MultiProcessCollector(registry, path=folder)
+        MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
 
 
 def association_accepted() -> None:
