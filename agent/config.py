@@ -8,7 +8,9 @@ to 65535, got 'eleven'`). Relative paths are relative to the config file's folde
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -23,12 +25,36 @@ class ConfigError(AgentError):
     """The configuration cannot be used; the message names the file and the key."""
 
 
+def check_private(source: Path, key: str, path: Path) -> None:
+    """Refuse a secret file named by `key` (`platform.client_key`, `receive.tls.key`) that is
+    missing or that the agent's group or others may access."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"{source}: {key}: {path}: cannot read ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{source}: {key}: {path}: not a regular file")
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        who = "readable by others" if st.st_mode & stat.S_IRWXO else "open to its group"
+        raise ConfigError(f"{source}: {key}: {path} is {who} (mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
+
+
 @dataclass(frozen=True)
 class Peer:
     """A DICOM peer allowed to associate: its calling AE title and the address it comes from."""
 
     ae_title: str
     address: str
+
+
+@dataclass(frozen=True)
+class ReceiveTlsConfig:
+    """DICOM over TLS (PS3.15 Annex B.1): what the agent presents, and the CA whose certificates it
+    requires of every PACS before reading a byte of DICOM."""
+
+    certificate: Path
+    key: Path
+    ca_bundle: Path
 
 
 @dataclass(frozen=True)
@@ -45,6 +71,7 @@ class ReceiveConfig:
     association_request_timeout_s: float = 5.0  # the A-ASSOCIATE-RQ must arrive whole within this
     max_connections: int = 64  # open connections from addresses that are not allowed peers
     max_connections_per_address: int = 16  # open connections from any one address
+    tls: ReceiveTlsConfig | None = None  # None: plain TCP
 
 
 @dataclass(frozen=True)
@@ -217,6 +244,19 @@ def _schema(value: Any) -> Any:
     return value
 
 
+def _tls(value: Any) -> ReceiveTlsConfig:
+    names = [spec.name for spec in fields(ReceiveTlsConfig)]
+    if not isinstance(value, dict):
+        raise ValueError(f"a mapping with {', '.join(names)}")
+    unknown = sorted(map(str, set(value) - set(names)))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r}; expected {', '.join(names)}")
+    for name in names:
+        if not isinstance(value.get(name), str) or not value[name].strip():
+            raise ValueError(f"{name} is missing: {', '.join(names)} go together (a file path each)")
+    return ReceiveTlsConfig(**{name: Path(value[name].strip()) for name in names})
+
+
 def _peers(value: Any) -> tuple[Peer, ...]:
     if not isinstance(value, list):
         raise ValueError("a list of {ae_title, address} entries")
@@ -248,7 +288,7 @@ _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "max_associations": _int(1, 64), "network_timeout_s": _number(1, 3600), "idle_timeout_s": _number(1, 86400),
         "max_pdu_bytes": _int(4096, 16_777_216), "processes": _int(1, 32),
         "association_request_timeout_s": _number(1, 60), "max_connections": _int(1, 4096),
-        "max_connections_per_address": _int(1, 1024),
+        "max_connections_per_address": _int(1, 1024), "tls": _tls,
     },
     "spool": {"directory": Path, "quota_mb": _int(1, 10_000_000), "min_free_mb": _int(0, 10_000_000),
               "retention_days": _int(1, 3650)},
@@ -268,7 +308,7 @@ _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "observe": {"bind": _address, "port": _int(0, 65535), "platform_stale_minutes": _int(1, 10_080)},
 }  # fmt: skip
 #: Keys whose wrong value may hold a secret (a proxy URL with a password): never repeated in the error.
-_NOT_ECHOED = {"proxy", "allowed_peers", "dicomweb_url", "manifest_url", "clinical_url", "oauth2_token_url"}  # may hold a password; the list is noise
+_NOT_ECHOED = {"proxy", "allowed_peers", "tls", "dicomweb_url", "manifest_url", "clinical_url", "oauth2_token_url"}  # may hold a password; the list is noise
 _SECTIONS: dict[str, type] = {
     "receive": ReceiveConfig, "spool": SpoolConfig, "pipeline": PipelineConfig, "platform": PlatformConfig,
     "clinical": ClinicalConfig, "log": LogConfig, "limits": Limits, "observe": ObserveConfig,
@@ -361,4 +401,7 @@ def _section(path: Path, name: str, values: Any) -> Any:
         value = checked.get(spec.name, getattr(cls(), spec.name))
         if isinstance(value, Path) and not value.is_absolute():
             checked[spec.name] = (path.parent / value).resolve()
+        elif isinstance(value, ReceiveTlsConfig):
+            checked[spec.name] = ReceiveTlsConfig(*((path.parent / p).resolve() for p in
+                                                    (value.certificate, value.key, value.ca_bundle)))
     return cls(**checked)

@@ -2,9 +2,9 @@
 
 Hospital IT runs it after editing config.yaml, before a restart: it reads the configuration,
 loads the key and the profile, builds the platform client (CA bundle, client certificate, token
-file modes), parses the clinical schema, looks at the folders the agent keeps data in and the
-certificates' expiry, and, when asked, makes one TLS handshake with the platform. It creates and
-changes nothing.
+file modes) and the receiver's TLS context (`receive.tls`), parses the clinical schema, looks at
+the folders the agent keeps data in and the certificates' expiry, and, when asked, makes one TLS
+handshake with the platform. It creates and changes nothing.
 """
 
 from __future__ import annotations
@@ -47,9 +47,12 @@ def check(path: Path, *, handshake: bool = False) -> list[Finding]:
     if config.platform.enabled:
         client, found = _platform(config)
         findings += found
-        findings += _certificate_expiry(config)
+        findings += _certificate_expiry({"platform.client_certificate": config.platform.client_certificate,
+                                         "platform.ca_bundle": config.platform.ca_bundle})
     else:
         findings.append(Finding("warning", "platform", "platform.dicomweb_url is not set: nothing will be delivered"))
+    if config.receive.tls is not None:
+        findings += _receive_tls(config)
     if config.clinical.enabled:
         findings += _schema(config)
     if handshake and client is not None:
@@ -132,28 +135,45 @@ def _platform(config: config_module.Config) -> tuple[PlatformClient | None, list
     return client, [Finding("ok", "platform", "CA bundle, client credentials and token file load")]
 
 
-def _certificate_expiry(config: config_module.Config) -> list[Finding]:
+def _receive_tls(config: config_module.Config) -> list[Finding]:
+    """The SSLContext a receiver process builds (files readable, key private and matching), and expiry."""
+    from agent.receive_tls import server_context
+
+    tls = config.receive.tls
+    assert tls is not None
+    try:
+        server_context(tls, config.source)
+    except AgentError as exc:
+        return [Finding("error", "receive.tls", str(exc))]
+    found = [Finding("ok", "receive.tls", "certificate, key and CA bundle load; PACS must present a certificate "
+                     "signed by receive.tls.ca_bundle (TLS 1.2 or later)")]
+    return found + _certificate_expiry({"receive.tls.certificate": tls.certificate,
+                                        "receive.tls.ca_bundle": tls.ca_bundle})
+
+
+def _certificate_expiry(files: dict[str, Path | None]) -> list[Finding]:
+    """Each certificate's expiry, by config key: the first of a `...certificate` file (the leaf),
+    every one of a CA bundle."""
     from cryptography import x509
 
     found = []
     now = datetime.datetime.now(datetime.timezone.utc)
-    for key in ("client_certificate", "ca_bundle"):
-        path = getattr(config.platform, key)
+    for key, path in files.items():
         if path is None:
             continue
         try:
             certificates = x509.load_pem_x509_certificates(Path(path).read_bytes())
         except (OSError, ValueError):
-            continue  # the platform check above says what is wrong with the file
-        for certificate in certificates[:1] if key == "client_certificate" else certificates:
+            continue  # the check before this one says what is wrong with the file
+        for certificate in certificates[:1] if key.endswith("certificate") else certificates:
             ends = certificate.not_valid_after_utc
             subject = certificate.subject.rfc4514_string()
             if ends < now:
-                found.append(Finding("error", f"platform.{key}", f"{subject} expired on {ends:%Y-%m-%d}"))
+                found.append(Finding("error", key, f"{subject} expired on {ends:%Y-%m-%d}"))
             elif ends - now < _EXPIRY_WARNING:
-                found.append(Finding("warning", f"platform.{key}", f"{subject} expires on {ends:%Y-%m-%d}: renew it"))
+                found.append(Finding("warning", key, f"{subject} expires on {ends:%Y-%m-%d}: renew it"))
             else:
-                found.append(Finding("ok", f"platform.{key}", f"{subject} valid until {ends:%Y-%m-%d}"))
+                found.append(Finding("ok", key, f"{subject} valid until {ends:%Y-%m-%d}"))
     return found
 
 

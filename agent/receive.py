@@ -1,11 +1,12 @@
 """The DICOM receiver: a pynetdicom SCP that answers success only once an instance is durable.
 
 C-ECHO, and C-STORE for every storage SOP class in the usual transfer syntaxes. Associations are
-accepted only from the configured (calling AE title, address) pairs. Each dataset is taken as
-the bytes the peer sent (never decoded and re-encoded), its header parsed just enough to know its
-study, written to the spool with fsync and rename, recorded in the state database, and only then
-answered. Statuses (PS3.4 Annex B.2.3): 0x0000 success, 0xA700 out of resources (disk, quota or
-database: the sender retries), 0xC210 cannot understand (not a parseable dataset).
+accepted only from the configured (calling AE title, address) pairs, and with `receive.tls` only
+over TLS from a peer with a certificate of the configured CA (agent/receive_tls.py). Each dataset
+is taken as the bytes the peer sent (never decoded and re-encoded), its header parsed just enough
+to know its study, written to the spool with fsync and rename, recorded in the state database, and
+only then answered. Statuses (PS3.4 Annex B.2.3): 0x0000 success, 0xA700 out of resources (disk,
+quota or database: the sender retries), 0xC210 cannot understand (not a parseable dataset).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import ssl
 import struct
 import tempfile
 import threading
@@ -39,6 +41,7 @@ from agent.errors import AgentError
 from agent.deidentify.pseudonym import Pseudonymiser, PseudonymSettings
 from agent.keys import load_key_file
 from agent.processes import die_with, name_process
+from agent.receive_tls import handshake, server_context
 from agent.spool.state import State
 from agent.spool.store import NoSpace, Spool
 
@@ -143,25 +146,55 @@ _STALE_INCOMING_S = 300.0  # an unfinished dataset's file nobody has written for
 _REFUSAL_LOG_S = 10.0
 
 
-def _server_class(listener: socket.socket, shared: ReceiverShared, index: int,
-                  receiver: "Receiver") -> type[ThreadedAssociationServer]:
-    logged: dict[str, tuple[float, int, set[str]]] = {}  # reason -> (last logged, refused since, addresses since)
+class _Refusals:
+    """Connections refused before any association, logged at most one line per reason every 10 s,
+    with how many were refused since and from which addresses (the first few): a flood of
+    connections is not a flood of log lines. From the acceptor and from handshake threads."""
 
-    def log_refused(address: str, reason: str) -> None:
-        """At most one line per reason every 10 s, with how many were refused since and from
-        which addresses (the first few): a flood of connections is not a flood of log lines."""
+    def __init__(self) -> None:
+        self._logged: dict[str, tuple[float, int, set[str]]] = {}  # reason -> (last logged, refused since, addresses since)
+        self._lock = threading.Lock()
+
+    def log(self, address: str, reason: str) -> None:
         now = time.monotonic()
-        last, count, addresses = logged.get(reason, (-_REFUSAL_LOG_S, 0, set()))
-        if len(addresses) < 8:
-            addresses.add(address)
-        if now - last < _REFUSAL_LOG_S:
-            logged[reason] = (last, count + 1, addresses)
-            return
-        logged[reason] = (now, 0, set())
+        with self._lock:
+            last, count, addresses = self._logged.get(reason, (-_REFUSAL_LOG_S, 0, set()))
+            if len(addresses) < 8:
+                addresses.add(address)
+            if now - last < _REFUSAL_LOG_S:
+                self._logged[reason] = (last, count + 1, addresses)
+                return
+            self._logged[reason] = (now, 0, set())
         _log.warning("connection_refused", reason=reason, address=address, refused_since_last=count,
                      addresses_since_last=sorted(addresses - {address}))
 
-    class SharedListenerServer(ThreadedAssociationServer):
+
+class _ReceiverServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server for one Receiver (`owner`). With receive.tls, a connection is
+    wrapped at accept (no I/O) and its handshake done in the connection's own thread, within
+    association_request_timeout_s: pynetdicom's own `ssl_context` handshakes in the acceptor,
+    where one client that connects and says nothing would hold every other PACS."""
+
+    owner: "Receiver"
+
+    def secure(self, request: socket.socket) -> socket.socket:
+        tls = self.owner.tls
+        return request if tls is None else tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            refused = handshake(request, self.owner.config.association_request_timeout_s)
+            if refused is not None:
+                request.close()  # the reaper gives back what the connection held
+                metrics.association_refused("tls_handshake")
+                self.owner.refusals.log(str(client_address[0]), refused)
+                return
+        super().finish_request(request, client_address)
+
+
+def _server_class(listener: socket.socket, shared: ReceiverShared, index: int,
+                  receiver: "Receiver") -> type[ThreadedAssociationServer]:
+    class SharedListenerServer(_ReceiverServer):
         """pynetdicom's server, accepting on a socket bound by the daemon instead of its own.
 
         Every process wakes for a new connection; one with more open connections than another
@@ -170,15 +203,18 @@ def _server_class(listener: socket.socket, shared: ReceiverShared, index: int,
         at once, before a thread or an association is made for it.
         """
 
+        owner = receiver
+
         def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
             if shared.busier_than_another(index):
                 time.sleep(_YIELD_S)
             request, address = super().get_request()  # BlockingIOError (an OSError) if another took it
+            request = self.secure(request)
             refused = receiver.admit_connection(request, str(address[0]))
             if refused is not None:
                 request.close()
                 metrics.association_refused(refused.split()[0])  # max_connections[_per_address]
-                log_refused(str(address[0]), refused)
+                receiver.refusals.log(str(address[0]), refused)
                 raise ConnectionRefusedError(refused)  # socketserver drops it and waits for the next
             return request, address
 
@@ -203,8 +239,10 @@ class Receiver:
 
     def __init__(self, config: ReceiveConfig, spool: Spool, state: State, names: Pseudonymiser, *,
                  listener: socket.socket | None = None, shared: ReceiverShared | None = None,
-                 index: int = 0, max_instance_bytes: int = 4096 << 20) -> None:
+                 index: int = 0, max_instance_bytes: int = 4096 << 20, tls: ssl.SSLContext | None = None) -> None:
         self.config = config
+        self.tls = tls  # receive.tls's context, built in this process: an SSLContext cannot be pickled
+        self.refusals = _Refusals()
         self.max_instance_bytes = max_instance_bytes
         self.listener = listener
         self.shared = shared
@@ -379,9 +417,12 @@ class Receiver:
         if self.listener is None or self.shared is None:
             receiver = self
 
-            class OwnServer(ThreadedAssociationServer):
+            class OwnServer(_ReceiverServer):
+                owner = receiver
+
                 def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
                     request, peer = super().get_request()
+                    request = self.secure(request)
                     receiver.admit_connection(request, str(peer[0]))  # one process: counted, never capped
                     return request, peer
 
@@ -569,8 +610,9 @@ def _receiver_main(config: Config, listener: socket.socket, parent_pid: int, sha
     tempfile.tempdir = str(incoming)
     state = State(config.pipeline.database)
     names = Pseudonymiser(load_key_file(config.pipeline.key_file), PseudonymSettings())
+    tls = server_context(config.receive.tls, config.source) if config.receive.tls is not None else None
     receiver = Receiver(config.receive, Spool.from_config(config.spool), state, names, listener=listener,
-                        shared=shared, index=index, max_instance_bytes=config.limits.max_instance_mb << 20)
+                        shared=shared, index=index, max_instance_bytes=config.limits.max_instance_mb << 20, tls=tls)
     receiver.start()
     shared.beats[index] = time.monotonic()
     shared.ready[index] = 1
@@ -645,7 +687,7 @@ class ReceiverProcesses:
             time.sleep(0.02)
         receive = self.config.receive
         _log.info("receiver_listening", ae_title=receive.ae_title, address=receive.bind_address, port=self.port,
-                  processes=len(self._processes))
+                  processes=len(self._processes), tls="on" if receive.tls is not None else "off")
 
     def _spawn(self, index: int) -> multiprocessing.process.BaseProcess:
         process = self._context.Process(target=_receiver_main, name=f"nmip-agent-receive-{index}", daemon=True,

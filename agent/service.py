@@ -36,6 +36,7 @@ from agent.forward.outbound import Forwarder, Provenance
 from agent.keys import load_key_file
 from agent.pipeline import Pipeline
 from agent.receive import ReceiverProcesses
+from agent.receive_tls import server_context
 from agent.spool.state import State
 from agent.spool.store import Spool
 
@@ -102,7 +103,9 @@ class Service:
         profile = load_profile(config.pipeline.profile)
         key = load_key_file(config.pipeline.key_file)
         # Everything that can refuse the start (a token file others can read, a wrong CA bundle
-        # or secret, a bad schema) is checked before anything is created on disk.
+        # or secret, a bad schema, receive.tls's files) is checked before anything is created on disk.
+        if config.receive.tls is not None:
+            server_context(config.receive.tls, config.source)  # each receiver process builds its own
         client = PlatformClient(config.platform, config.source) if config.platform.enabled else None
         schema = parse_schema(config.clinical.schema, config.source) if config.clinical.enabled else None
         self.config = config

@@ -68,6 +68,11 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
         ("platform: {token: abc}\n", "platform.token: unknown key"),
         ("platform: {proxy: 'http://user:secret@proxy:3128'}\n", "platform.proxy: the site's forward proxy"),
         ("clinical: {after_upload: keep}\n", "clinical.after_upload: one of archive, purge"),
+        ("receive: {tls: on}\n", "receive.tls: a mapping with certificate, key, ca_bundle"),
+        ("receive: {tls: {certificate: agent.pem, key: agent.key}}\n",
+         "receive.tls: ca_bundle is missing: certificate, key, ca_bundle go together"),
+        ("receive: {tls: {certificate: agent.pem, key: agent.key, ca: ca.pem}}\n",
+         "receive.tls: unknown key 'ca'; expected certificate, key, ca_bundle"),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -145,3 +150,72 @@ def test_packaged_config_keeps_state_under_var_lib() -> None:
     for path in (config.spool.directory, config.pipeline.database, config.pipeline.outbox,
                  config.pipeline.quarantine, config.pipeline.key_file):
         assert str(path).startswith("/var/lib/nmip-agent/")
+
+
+def _tls_config(tmp_path: Path, **files: Path) -> Path:
+    """A config whose receive.tls names the agent's certificate, key and the PACS's CA (relative paths)."""
+    from tests.peers.certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    chosen = {"certificate": pki.server_certificate, "key": pki.server_key, "ca_bundle": pki.ca_certificate, **files}
+    path = tmp_path / "c.yaml"
+    tls = ", ".join(f"{key}: {value.relative_to(tmp_path)}" for key, value in chosen.items())
+    path.write_text(f"pipeline: {{key_file: site.key}}\nreceive: {{tls: {{{tls}}}}}\n")
+    return path
+
+
+def test_receive_tls_paths_are_relative_to_the_config_and_build_a_tls_1_2_context(tmp_path: Path) -> None:
+    import ssl
+
+    from agent.receive_tls import server_context
+
+    config = load(_tls_config(tmp_path))
+    tls = config.receive.tls
+    assert tls is not None and tls.key == tmp_path / "pki" / "server.key" and tls.ca_bundle.is_absolute()
+    context = server_context(tls, config.source)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("key open to the group", "receive.tls.key: {pki}/server.key is open to its group (mode 0640); chmod 600 it"),
+        ("missing certificate", "receive.tls.certificate: {pki}/missing.pem: cannot read (No such file or directory)"),
+        ("key of another certificate", "receive.tls.key: {pki}/client.key and receive.tls.certificate"
+                                       " {pki}/server.pem are not a matching PEM certificate and unencrypted key"),
+        ("CA bundle that is no certificate", "receive.tls.ca_bundle: {pki}/ca.key: no PEM CA certificate in it"),
+    ],
+)
+def test_receive_tls_files_are_checked_with_the_key_named(tmp_path: Path, case: str, message: str) -> None:
+    """Each receive.tls file must be readable, the key private and matching the certificate."""
+    from agent.receive_tls import server_context
+
+    pki = tmp_path / "pki"
+    files = {"key open to the group": {}, "missing certificate": {"certificate": pki / "missing.pem"},
+             "key of another certificate": {"key": pki / "client.key"},
+             "CA bundle that is no certificate": {"ca_bundle": pki / "ca.key"}}[case]
+    config = load(_tls_config(tmp_path, **files))
+    if case == "key open to the group":
+        (pki / "server.key").chmod(0o640)
+    assert config.receive.tls is not None
+    with pytest.raises(ConfigError) as info:
+        server_context(config.receive.tls, config.source)
+    assert str(info.value) == f"{config.source}: " + message.format(pki=pki)
+
+
+def test_serve_refuses_a_tls_key_others_can_read_before_creating_anything(tmp_path: Path) -> None:
+    """A receive.tls.key others may read stops serve with the key's name and the fix, exit 2,
+    before any state is made on disk."""
+    import subprocess
+    import sys
+
+    from agent.keys import init_key_file
+
+    init_key_file(tmp_path / "site.key")
+    path = _tls_config(tmp_path)
+    (tmp_path / "pki" / "server.key").chmod(0o644)
+    run = subprocess.run([sys.executable, "-m", "agent.cli", "serve", "--config", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert "receive.tls.key" in run.stderr and "readable by others" in run.stderr and "chmod 600" in run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "pki", "site.key"]

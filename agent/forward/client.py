@@ -13,10 +13,8 @@ import base64
 import contextlib
 import json
 import logging
-import os
 import re
 import ssl
-import stat
 import threading
 import time
 import urllib.parse
@@ -29,7 +27,7 @@ import httpx
 from agent import __version__
 from agent import log as agent_log
 from agent import metrics
-from agent.config import ConfigError, PlatformConfig
+from agent.config import ConfigError, PlatformConfig, check_private
 from agent.forward.errors import (
     AuthenticationFailed,
     DeliveryError,
@@ -67,23 +65,9 @@ def quiet_http_loggers() -> None:
 # -- secrets and TLS -------------------------------------------------------------------------
 
 
-def check_private(source: Path, key: str, path: Path) -> None:
-    """Refuse a secret file that is missing or that the agent's group or others may access."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise ConfigError(f"{source}: platform.{key}: {path}: cannot read ({exc.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{source}: platform.{key}: {path}: not a regular file")
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        who = "readable by others" if st.st_mode & stat.S_IRWXO else "open to its group"
-        raise ConfigError(
-            f"{source}: platform.{key}: {path} is {who} (mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
-
-
 def read_secret(source: Path, key: str, path: Path) -> str:
     """The one token held by a private file (surrounding whitespace dropped); never echoed."""
-    check_private(source, key, path)
+    check_private(source, f"platform.{key}", path)
     try:
         text = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
@@ -107,7 +91,7 @@ def ssl_context(config: PlatformConfig, source: Path) -> ssl.SSLContext:
     except OSError as exc:
         raise ConfigError(f"{source}: platform.ca_bundle: {config.ca_bundle}: cannot read ({exc.strerror})") from None
     if config.client_certificate is not None and config.client_key is not None:
-        check_private(source, "client_key", config.client_key)
+        check_private(source, "platform.client_key", config.client_key)
         try:
             # An encrypted key gets an empty passphrase (and fails) rather than a terminal prompt.
             context.load_cert_chain(str(config.client_certificate), str(config.client_key), password=lambda: b"")

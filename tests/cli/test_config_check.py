@@ -80,3 +80,35 @@ def test_platform_makes_one_tls_connection_with_the_sites_certificate(tmp_path: 
     run = nmip("config", "check", "--config", path, "--platform", cwd=tmp_path)
     assert "TLS handshake done; the platform answered HTTP" in run.stdout, run.output
     assert run.returncode in (0, 1) and "error" not in run.stdout, run.output  # the test PKI lives a month: a warning
+
+
+def _receive_tls_config(folder: Path, certificate: Path, key: Path, ca_bundle: Path) -> Path:
+    path = _config(folder)
+    data = yaml.safe_load(path.read_text())
+    data["receive"] = {"tls": {"certificate": str(certificate), "key": str(key), "ca_bundle": str(ca_bundle)}}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_the_receive_certificate_is_loaded_matched_and_its_expiry_shown(tmp_path: Path) -> None:
+    """receive.tls: the context a receiver builds (key private and matching), each certificate's
+    end date, a dead certificate an error, a key others can read an error naming it."""
+    from tests.peers.certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    path = _receive_tls_config(tmp_path, pki.server_certificate, pki.server_key, pki.ca_certificate)
+    run = nmip("config", "check", "--config", path, cwd=tmp_path)
+    assert "ok      receive.tls: certificate, key and CA bundle load" in run.stdout, run.output
+    # The test PKI lives a month: a warning.
+    assert "receive.tls.certificate: CN=127.0.0.1,O=nmip-agent tests expires on" in run.stdout
+    assert "receive.tls.ca_bundle: " in run.stdout and "error" not in run.stdout, run.output
+
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    cert, key = _expiring_certificate(dead, -1)
+    run = nmip("config", "check", "--config", _receive_tls_config(dead, cert, key, cert), cwd=dead)
+    assert run.returncode == 2 and "error   receive.tls.certificate: CN=site-agent expired on" in run.stdout, run.output
+
+    pki.server_key.chmod(0o644)
+    run = nmip("config", "check", "--config", path, cwd=tmp_path)
+    assert run.returncode == 2 and "error   receive.tls: " in run.stdout and "receive.tls.key" in run.stdout, run.output
