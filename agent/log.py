@@ -44,8 +44,10 @@ def configure(level: str = "info") -> None:
     warnings.showwarning = _show_warning
     threading.excepthook = _thread_failed
     # pynetdicom logs each DIMSE message, with UIDs, at INFO and DEBUG; httpx logs each request's
-    # URL at INFO and httpcore/h2/hpack trace headers (the bearer token) at DEBUG: warnings only.
-    for name in ("pynetdicom", "httpx", "httpcore", "h2", "hpack"):
+    # URL at INFO and httpcore/h2/hpack trace headers (the bearer token) at DEBUG; watchdog logs
+    # each inotify event of the clinical drop folder, with the file's name (an export may be named
+    # after its patient), at DEBUG: warnings only.
+    for name in ("pynetdicom", "httpx", "httpcore", "h2", "hpack", "watchdog"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # pydicom's warnings about a damaged value quote the value ("Invalid value for VR UI: '...'"),
     # and a sender controls it: its own logger stays silent, the agent says what went wrong; and
@@ -54,8 +56,9 @@ def configure(level: str = "info") -> None:
 
 
 #: Libraries that read what a sender sent: their messages can quote it (a non-conformant UID built
-#: from an accession number, a name in a value pydicom complains about).
-_QUOTING = ("pydicom", "pynetdicom", "py.warnings")
+#: from an accession number, a name in a value pydicom complains about, the name of a file dropped
+#: in the clinical drop folder).
+_QUOTING = ("pydicom", "pynetdicom", "py.warnings", "watchdog")
 
 
 def _withhold_library_text(record: logging.LogRecord) -> bool:

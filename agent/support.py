@@ -95,10 +95,16 @@ def _log_lines(log_file: Path | None) -> str:
     return "".join(line + "\n" for line in lines if _is_agent_event(line))
 
 
+#: The agent's own events are snake_case facts; a library's record keeps only where it came from
+#: (agent.log). Any other JSON line with an "event" is a library's text rendered by the same
+#: renderer, which may quote what it read (watchdog's debug lines named the dropped files).
+_AGENT_EVENT = re.compile(r"[a-z][a-z0-9_]*|library_message from [\w.]+:\w+ \(text withheld[^()]*\)")
+
+
 def _is_agent_event(line: str) -> bool:
     """Only the agent's own JSON events are known to carry no identifier."""
     try:
         event = json.loads(line)
     except ValueError:
         return False
-    return isinstance(event, dict) and "event" in event
+    return isinstance(event, dict) and isinstance(event.get("event"), str) and bool(_AGENT_EVENT.fullmatch(event["event"]))
