@@ -387,6 +387,7 @@ def status(config: ConfigFile, as_json: Annotated[bool, typer.Option("--json")] 
         out.print(f"  {entry['study_key']}  {entry['reason']}  {entry['instances']} instance(s)"
                   f" in {len(entry['series'])} series")
     _print_delivery(report["delivery"], report["clinical_batches"])
+    _print_optout(report["optout"])
     if report["delivery"]["enabled"]:
         _print_capacity(report["capacity"])
     if report["undelivered_beyond_retention"]:
@@ -409,6 +410,18 @@ def _print_delivery(delivery: dict[str, Any], clinical: dict[str, int]) -> None:
         out.print(f"  {delivery['instances_refused_by_platform']} instance(s) refused by the platform, in quarantine")
     if clinical:
         out.print("clinical batches: " + ", ".join(f"{k} {v}" for k, v in sorted(clinical.items())))
+
+
+def _print_optout(report: dict[str, Any]) -> None:
+    age = "never imported" if report["age_days"] is None else f"imported {report['age_days']:g} day(s) ago"
+    out.print(f"opt-out list: {report['entries']} identifier(s), {age}"
+              + (f" (mandatory for this profile, at most {report['max_age_days']} days old)" if report["required"] else ""))
+    if report["delivery_held"]:
+        out.print(f"  [bold red]delivery held[/]: {escape(report['delivery_held'])}")
+    studies, retractions = report["studies"], report["retractions"]
+    if studies["studies"] or retractions["pending"] or retractions["acknowledged"]:
+        out.print(f"  opted out: {studies['studies']} stud(ies) not sent; retractions: {retractions['pending']} pending, "
+                  f"{retractions['acknowledged']} acknowledged")
 
 
 def _print_capacity(capacity: dict[str, Any]) -> None:
@@ -452,26 +465,155 @@ def quarantine_show(config: ConfigFile, study_key: Annotated[str, typer.Argument
     out.print_json(data=report)
 
 
+Reason = Annotated[Optional[str], typer.Option("--reason", help="Why (required): it goes to the access log with "
+                                                                    "your user name (`nmip-agent audit`).")]
+
+
 @quarantine_app.command("release")
-def quarantine_release(config: ConfigFile, study_key: Annotated[str, typer.Argument()]) -> None:
+def quarantine_release(config: ConfigFile, study_key: Annotated[str, typer.Argument()], reason: Reason = None) -> None:
     """Release a study's held series: de-identified again (e.g. after a profile fix), delivered, and
     the study's manifest sent again. What the gate still refuses is held again, with its series."""
     from agent import config as config_module
     from agent.operate import release
+    from agent.patients import log_operator_action, require_reason
 
-    count = release(config_module.load(config), study_key)
+    why = require_reason(reason, "quarantine release")
+    loaded = config_module.load(config)
+    log_operator_action(loaded, "quarantine_release", study_key, why)
+    count = release(loaded, study_key)
     if not count:
         raise UsageError(f"study {study_key} has no quarantined instance")
     out.print(f"released {count} instance(s); the running agent processes them in its next round")
 
 
 @quarantine_app.command("purge")
-def quarantine_purge(config: ConfigFile, study_key: Annotated[str, typer.Argument()]) -> None:
+def quarantine_purge(config: ConfigFile, study_key: Annotated[str, typer.Argument()], reason: Reason = None) -> None:
     """Delete a quarantined study's identifiable files; its audit trail stays."""
     from agent import config as config_module
     from agent.operate import purge
+    from agent.patients import log_operator_action, require_reason
 
-    out.print(f"purged {purge(config_module.load(config), study_key)} instance(s)")
+    why = require_reason(reason, "quarantine purge")
+    loaded = config_module.load(config)
+    log_operator_action(loaded, "quarantine_purge", study_key, why)
+    out.print(f"purged {purge(loaded, study_key)} instance(s)")
+
+
+optout_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                         help="The site's opt-out list (National Data Opt-out and local objections), kept keyed.")
+app.add_typer(optout_app, name="optout")
+
+
+@optout_app.command("import")
+def optout_import(
+    file: Annotated[Path, typer.Argument(help="Hospital Patient IDs or NHS numbers, one per line (a header line and "
+                                              "blank lines are skipped).")],
+    config: ConfigFile,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Take a file with no identifier (lifts every "
+                                                                     "opt-out).")] = False,
+) -> None:
+    """Replace the opt-out list. Identifiers are kept only as keyed tokens; studies of the patients
+    on it are never sent, and those already delivered are retracted."""
+    from agent import config as config_module
+    from agent.patients import import_list
+
+    summary, listed = import_list(config_module.load(config), file, allow_empty=allow_empty)
+    out.print(f"opt-out list imported: {summary.entries} identifier(s)"
+              f"{' (first line taken as a header)' if listed.header_skipped else ''}; "
+              f"{summary.added} added, {summary.removed} removed since the last import")
+    if summary.studies_found:
+        out.print(f"{summary.studies_found} stud(ies) held here are of patients on the list: nothing more of them is "
+                  f"sent; {summary.retractions_queued} delivered stud(ies) will be retracted (`optout list`)")
+    out.print(f"the file itself holds identifiers: keep it on site or delete it ({file})")
+
+
+@optout_app.command("list")
+def optout_list(config: ConfigFile, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """How many identifiers the list holds and when it was imported (never the identifiers),
+    studies found opted out, and retraction notices pending."""
+    from datetime import datetime, timezone
+
+    from agent import config as config_module
+    from agent.patients import list_info
+
+    info, studies, retractions = list_info(config_module.load(config))
+    imported = None if info.imported_at is None else datetime.fromtimestamp(info.imported_at, timezone.utc).isoformat(
+        timespec="seconds")
+    report = {"entries": info.entries, "imported_at": imported, "imported_by": info.operator,
+              "studies_opted_out": studies, "retractions": retractions}
+    if as_json:
+        out.print_json(data=report)
+        return
+    if imported is None:
+        out.print("opt-out list: never imported (`nmip-agent optout import FILE`)")
+    else:
+        out.print(f"opt-out list: {info.entries} identifier(s), imported {imported} by {info.operator}")
+    out.print(f"studies of patients on it: {studies['studies']} ({studies['unsettled']} still being settled)")
+    out.print(f"retraction notices: {retractions['pending']} pending, {retractions['acknowledged']} acknowledged")
+
+
+@optout_app.command("check")
+def optout_check(identifier: Annotated[str, typer.Argument(help="A hospital Patient ID or an NHS number.")],
+                 config: ConfigFile) -> None:
+    """Whether an identifier is on the list (exit 0: it is; 1: it is not)."""
+    from agent import config as config_module
+    from agent.patients import check_identifier
+
+    if check_identifier(config_module.load(config), identifier):
+        out.print("on the opt-out list")
+        return
+    out.print("not on the opt-out list")
+    raise typer.Exit(1)
+
+
+@app.command()
+def reidentify(
+    config: ConfigFile,
+    pseudonym: Annotated[Optional[str], typer.Option("--pseudonym", help="A patient pseudonym, as the platform holds it.")] = None,
+    study_uid: Annotated[Optional[str], typer.Option("--study-uid", help="A pseudonymous Study Instance UID.")] = None,
+    reason: Reason = None,
+) -> None:
+    """The hospital Patient ID and source studies behind a pseudonym, on site only. Every lookup is
+    written to the access log first, with your user name and reason."""
+    from agent import config as config_module
+    from agent.patients import reidentify as lookup
+
+    found = lookup(config_module.load(config), pseudonym=pseudonym, study_uid=study_uid, reason=reason)
+    if not found.patient_ids and not found.studies:
+        out.print("nothing found for it here (the lookup is logged)")
+        raise typer.Exit(1)
+    out.print(f"pseudonym: {found.pseudonym}")
+    for patient_id in found.patient_ids:
+        out.print(f"hospital Patient ID: {escape(patient_id)}")
+    for study in found.studies:
+        out.print(f"study {study.study_key} ({study.state}): source Study Instance UID {study.source_study_uid}, "
+                  f"pseudonymous {study.pseudonymous_study_uid}")
+    out.print(f"logged as access log entry {found.logged.id}")
+
+
+@app.command()
+def audit(config: ConfigFile, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The access log: every re-identification, quarantine release and purge, with who, when and why.
+    Exit 1 if an entry was changed or removed behind the agent's back."""
+    from datetime import datetime, timezone
+
+    from agent import config as config_module
+    from agent.patients import access_log
+
+    entries, broken = access_log(config_module.load(config))
+    rows = [{"id": e.id, "at": datetime.fromtimestamp(e.at, timezone.utc).isoformat(timespec="seconds"),
+             "operator": e.operator, "action": e.action, "subject": e.subject, "reason": e.reason} for e in entries]
+    if as_json:
+        out.print_json(data={"entries": rows, "intact": broken is None, "first_broken": broken})
+    else:
+        if not rows:
+            out.print("The access log is empty: no re-identification, release or purge so far.")
+        for row in rows:
+            out.print(f"{row['id']:>5}  {row['at']}  {escape(str(row['operator']))}  {row['action']}  "
+                      f"{escape(str(row['subject']))}  reason: {escape(str(row['reason']))}")
+    if broken is not None:
+        err.print(f"nmip-agent: the access log was changed behind the agent's back at entry {broken} or just before it")
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -152,6 +152,14 @@ class ObserveConfig:
 
 
 @dataclass(frozen=True)
+class OptOutConfig:
+    """Patients' choices (agent/optout.py): how old the imported opt-out list may be before a
+    profile that makes it mandatory holds delivery."""
+
+    max_age_days: int = 30
+
+
+@dataclass(frozen=True)
 class Config:
     receive: ReceiveConfig = field(default_factory=ReceiveConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
@@ -161,6 +169,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     limits: Limits = field(default_factory=Limits)
     observe: ObserveConfig = field(default_factory=ObserveConfig)
+    optout: OptOutConfig = field(default_factory=OptOutConfig)
     source: Path = Path("config.yaml")
 
 
@@ -306,12 +315,13 @@ _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
                  "stable_s": _number(0, 3600), "schema": _schema},
     "log": {"level": _text(("debug", "info", "warning", "error"))},
     "observe": {"bind": _address, "port": _int(0, 65535), "platform_stale_minutes": _int(1, 10_080)},
+    "optout": {"max_age_days": _int(1, 3650)},
 }  # fmt: skip
 #: Keys whose wrong value may hold a secret (a proxy URL with a password): never repeated in the error.
 _NOT_ECHOED = {"proxy", "allowed_peers", "tls", "dicomweb_url", "manifest_url", "clinical_url", "oauth2_token_url"}  # may hold a password; the list is noise
 _SECTIONS: dict[str, type] = {
     "receive": ReceiveConfig, "spool": SpoolConfig, "pipeline": PipelineConfig, "platform": PlatformConfig,
-    "clinical": ClinicalConfig, "log": LogConfig, "limits": Limits, "observe": ObserveConfig,
+    "clinical": ClinicalConfig, "log": LogConfig, "limits": Limits, "observe": ObserveConfig, "optout": OptOutConfig,
 }
 
 

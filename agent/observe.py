@@ -23,6 +23,9 @@ from agent import log, metrics
 from agent.config import Config
 from agent.operate import capacity
 from agent.pipeline import outbox_bytes
+from agent.deidentify.profile import optout_required
+from agent.optout import OptOutPolicy
+from agent.spool.choices import Choices
 from agent.spool.state import State
 
 _log = log.get("observe")
@@ -44,6 +47,8 @@ class StateCollector:
             spool = state.spool_bytes()
             problem = state.platform_problem()
             received_day, sent_day = state.bytes_since(time.time() - 86_400)
+            choices = Choices(state)
+            listed, retractions = choices.info(), choices.retraction_counts()
         finally:
             state.close()
         waiting = outbox_bytes(self.config.pipeline.outbox) if self.config.pipeline.outbox.exists() else 0
@@ -70,6 +75,11 @@ class StateCollector:
         yield excluded
         yield GaugeMetricFamily("nmip_oldest_waiting_study_seconds", "Age of the oldest study waiting for delivery.",
                                 value=0.0 if oldest is None else max(0.0, time.time() - oldest))
+        yield GaugeMetricFamily("nmip_optout_list_entries", "Identifiers on the opt-out list.", value=float(listed.entries))
+        yield GaugeMetricFamily("nmip_optout_list_age_seconds", "Since the opt-out list was imported (-1: never).",
+                                value=-1.0 if listed.imported_at is None else time.time() - listed.imported_at)
+        yield GaugeMetricFamily("nmip_retractions_pending", "Retraction notices not yet acknowledged by the platform.",
+                                value=float(retractions["pending"]))
         yield GaugeMetricFamily("nmip_spool_bytes", "Bytes of identifiable copies in the spool.", value=float(spool))
         yield GaugeMetricFamily("nmip_spool_quota_bytes", "spool.quota_mb in bytes.",
                                 value=float(self.config.spool.quota_mb << 20))
@@ -118,6 +128,15 @@ class Readiness:
             problem = state.platform_problem()
         finally:
             state.close()
+        if self.config.platform.enabled:
+            held = OptOutPolicy(optout_required(self.config.pipeline.profile), self.config.optout.max_age_days)
+            state = State(self.config.pipeline.database)
+            try:
+                problem_text = held.problem(Choices(state).info().imported_at)
+            finally:
+                state.close()
+            if problem_text:
+                found.append(f"delivery held: {problem_text}")
         if _free(self.config) < self.config.spool.min_free_mb << 20:
             found.append(f"free disk below spool.min_free_mb ({self.config.spool.min_free_mb} MB)")
         stale = self.config.observe.platform_stale_minutes * 60

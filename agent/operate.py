@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config
+from agent.deidentify.profile import optout_required
+from agent.optout import OptOutPolicy
+from agent.spool.choices import Choices
 from agent.pipeline import outbox_bytes
 from agent.forward.schedule import UploadWindow
 from agent.notify import RunningLock
@@ -36,6 +39,7 @@ def status(config: Config) -> dict[str, Any]:
         received_day, sent_day = state.bytes_since(time.time() - 86_400)
         beyond_retention = sum(1 for s in state.studies("queued")
                                if s.updated_at < time.time() - config.spool.retention_days * 86_400)
+        patients = optout_report(config, Choices(state))
     finally:
         state.close()
     holder = RunningLock(config.pipeline.database).holder()
@@ -60,7 +64,19 @@ def status(config: Config) -> dict[str, Any]:
         # Identifiable copies are never purged before delivery; past the retention they are reported.
         "undelivered_beyond_retention": beyond_retention,
         "clinical_batches": clinical,
+        "optout": patients,
     }
+
+
+def optout_report(config: Config, choices: Choices) -> dict[str, Any]:
+    """The opt-out list's size and age (never its content), whether delivery waits for a newer
+    one, studies found opted out, and retraction notices pending."""
+    info = choices.info()
+    policy = OptOutPolicy(optout_required(config.pipeline.profile), config.optout.max_age_days)
+    return {"entries": info.entries, "required": policy.required, "max_age_days": policy.max_age_days,
+            "age_days": None if info.imported_at is None else round((time.time() - info.imported_at) / 86_400, 1),
+            "delivery_held": policy.problem(info.imported_at) if config.platform.enabled else None,
+            "studies": choices.opted_out_counts(), "retractions": choices.retraction_counts()}
 
 
 def window_hours(text: str) -> float:

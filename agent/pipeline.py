@@ -55,6 +55,7 @@ from agent.limits import Limits, bound_worker_memory, cpu_backstop
 from agent.process import InstanceProcessor, read_header
 from agent.processes import name_process
 from agent.quarantine import Reason, Refusal, quarantine, write_atomically
+from agent.spool.choices import Choices
 from agent.spool.state import InstanceRow, State, StudyRow
 from agent.spool.store import Spool
 
@@ -80,6 +81,7 @@ class InstanceResult:
     pseudonym: str = ""
     output_study: str = ""
     crosswalk: tuple[tuple[str, str, str], ...] = ()
+    patient_tokens: frozenset[str] = frozenset()  # keyed: matched against the opt-out list
 
 
 @dataclass(frozen=True)
@@ -152,13 +154,15 @@ def deidentify_spooled(sop_key: str, spool_path: str, staging: str) -> InstanceR
                 outcome = _processor.process(Path(spool_path).read_bytes(), sop_key)
     except (UnreadableInput, OSError) as exc:
         return InstanceResult(sop_key, False, reason=Reason.UNREADABLE.value, detail=type(exc).__name__)
+    patients = outcome.patient_tokens
     if outcome.status == "excluded" and outcome.refusal is not None:
         return InstanceResult(sop_key, False, excluded=True, series_key=outcome.series_key,
-                              reason=outcome.refusal.reason.value, detail=outcome.refusal.detail)
+                              reason=outcome.refusal.reason.value, detail=outcome.refusal.detail,
+                              patient_tokens=patients)
     if outcome.status != "passed" or outcome.result is None or outcome.encoded is None:
         refusal = outcome.refusal or Refusal(Reason.DEIDENTIFICATION_FAILED, outcome.skip_reason or "skipped")
         return InstanceResult(sop_key, False, series_key=outcome.series_key, reason=refusal.reason.value,
-                              detail=refusal.detail)
+                              detail=refusal.detail, patient_tokens=patients)
     relative = outcome.relative_path
     write_atomically(Path(staging) / relative, outcome.encoded)
     result = outcome.result
@@ -166,7 +170,7 @@ def deidentify_spooled(sop_key: str, spool_path: str, staging: str) -> InstanceR
     pairs += [("uid", old, new) for old, new in result.uid_map.items()]
     return InstanceResult(sop_key, True, series_key=outcome.series_key, output=str(relative),
                           pseudonym=result.patient_pseudonym, output_study=str(result.dataset.StudyInstanceUID),
-                          crosswalk=tuple(pairs))
+                          crosswalk=tuple(pairs), patient_tokens=patients)
 
 
 class Pipeline:
@@ -183,6 +187,7 @@ class Pipeline:
         """`expected`: the profile's fingerprint and the key's id as the daemon loaded them; a
         worker that loads anything else refuses to start."""
         self.state = state
+        self.choices = Choices(state)
         self.heartbeat = Heartbeat("pipeline")
         # How many associations are open now (the receivers'): early work takes what receiving leaves.
         self.open_associations = open_associations
@@ -282,6 +287,8 @@ class Pipeline:
         still receiving to the early workers; returns how many studies were done."""
         self._backlog.clear()  # a study in it may be about to become stable
         self._next_quiet_at = None  # until this round has looked (a failed round polls at the interval)
+        for study_key in self.choices.unsettled():
+            self.settle_opted_out(study_key)
         for study_key in self.state.mark_stable(self.quiet_period_s, now):
             _log.info("study_stable", study_key=study_key)
         done = 0
@@ -447,6 +454,9 @@ class Pipeline:
         (those of an earlier round not yet sent too), so no series leaves with a hole; excluded
         instances are only recorded. Then one transaction. Returns the study's state, how many
         instances are held, those published, and how many excluded."""
+        patients = frozenset(t for r in results for t in r.patient_tokens)
+        if self.choices.study_opted_out(study_key, patients):
+            results = [_opted_out(r) for r in results]
         series = {row.sop_key: row.series_key or "" for row in rows}
         for r in results:
             series[r.sop_key] = series[r.sop_key] or r.series_key
@@ -493,6 +503,7 @@ class Pipeline:
             crosswalk=[pair for r in passed for pair in r.crosswalk],
             expected_received_at={row.sop_key: row.received_at for row in rows},
             hold={row.sop_key: holding.detail for row in unsent},
+            patient_tokens=patients,
         )
         for row in unsent:
             if self.state.still_in(row.sop_key, "quarantined", row.received_at):
@@ -506,6 +517,22 @@ class Pipeline:
                     self.spool.remove(sop_key)
         held_now = sum(1 for o in outcomes.values() if o[0] == "quarantined") + len(unsent)
         return state, held_now, published, len(excluded)
+
+    def settle_opted_out(self, study_key: str) -> None:
+        """A study whose patient was found on the opt-out list after it was de-identified: its
+        copies go (outbox, quarantine, spool) before the record says so, so a crash in between
+        leaves it to be settled again, never a copy nobody knows of."""
+        for row in self.state.instances(study_key):
+            if row.state not in ("deidentified", "quarantined", "delivered"):
+                continue
+            if row.output:
+                (self.outbox / row.output).unlink(missing_ok=True)
+            self._unquarantine(row.sop_key)
+            with self.spool.locked(row.sop_key):  # not a copy resent meanwhile
+                if self.state.still_in(row.sop_key, row.state, row.received_at):
+                    self.spool.remove(row.sop_key)
+        changed = self.choices.settle(study_key)
+        _log.info("study_opt_out_settled", study_key=study_key, instances=changed)
 
     def _quarantine(self, sop_key: str, refusal: Refusal) -> Refusal:
         """File the identifiable source in the quarantine; a spool copy found missing is recorded
@@ -527,6 +554,15 @@ class Pipeline:
     def _publish(staged: Path, final: Path) -> None:
         final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.replace(staged, final)
+
+
+def _opted_out(result: InstanceResult) -> InstanceResult:
+    """The patient is on the opt-out list: whatever the worker made of it, the instance is
+    excluded (never sent, never held in the quarantine for review); its staged output goes with
+    the staging folder."""
+    return InstanceResult(result.sop_key, False, excluded=True, series_key=result.series_key,
+                          reason=Reason.OPTED_OUT.value, detail="the patient is on the opt-out list",
+                          patient_tokens=result.patient_tokens)
 
 
 def outbox_bytes(outbox: Path) -> int:

@@ -16,6 +16,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from agent import optout
 from agent.deidentify import DeidentifiedInstance, Deidentifier, Profile, Refused, burnedin
 from agent.deidentify.masking import PixelsUndecodable
 from agent.deidentify.ocr import OcrUnavailable
@@ -45,6 +46,7 @@ class Outcome:
     opaque_name: str = ""
     skip_reason: str = ""
     series_key: str = ""
+    patient_tokens: frozenset[str] = frozenset()  # keyed, for the opt-out list (agent/optout.py)
 
     @property
     def relative_path(self) -> Path:
@@ -87,6 +89,7 @@ class InstanceProcessor:
         """`clean_text=False` switches text cleaning off, to test that the gate alone refuses."""
         self.profile = profile
         self.limits = limits
+        self.key = key
         self.deidentifier = Deidentifier(profile, key, clean_text=clean_text, limits=limits)
         self.pixels = burnedin.PixelCleaner(profile, self.deidentifier.scanner)
 
@@ -115,12 +118,16 @@ class InstanceProcessor:
     def too_large(self, header: Dataset, size: int, opaque: str) -> Outcome:
         """An instance past `max_instance_mb`, judged by its header: excluded when out of scope
         (a long video the profile does not take), quarantined otherwise."""
-        series = self.series_key(header)
+        series, patients = self.series_key(header), self.patient_tokens(header)
         excluded = self._exclusion(header)
         if excluded is not None:
-            return Outcome("excluded", refusal=excluded, opaque_name=opaque, series_key=series)
+            return Outcome("excluded", refusal=excluded, opaque_name=opaque, series_key=series, patient_tokens=patients)
         refusal = Refusal(Reason.RESOURCE_LIMIT, f"max_instance_mb: {size >> 20} MB")
-        return Outcome("quarantined", refusal=refusal, opaque_name=opaque, series_key=series)
+        return Outcome("quarantined", refusal=refusal, opaque_name=opaque, series_key=series, patient_tokens=patients)
+
+    def patient_tokens(self, ds: Dataset) -> frozenset[str]:
+        """The keyed tokens of the patient's identifiers, matched against the opt-out list."""
+        return optout.tokens(self.key, optout.identifiers_of(ds))
 
     def series_key(self, ds: Dataset) -> str:
         """The source series' keyed name ("" when it has none a string can be made of)."""
@@ -166,12 +173,12 @@ class InstanceProcessor:
             raise
         except Exception as exc:  # a damaged meta group or UID: pydicom raises many types, quoting values
             raise UnreadableInput(where, exc) from None
-        series = self.series_key(ds)
+        series, patients = self.series_key(ds), self.patient_tokens(ds)  # before anything changes ds
         excluded = self._exclusion(ds)  # scope first: nothing more is done with what is not taken
         if excluded is not None:
-            return Outcome("excluded", refusal=excluded, opaque_name=opaque, series_key=series)
+            return Outcome("excluded", refusal=excluded, opaque_name=opaque, series_key=series, patient_tokens=patients)
         outcome = self._deidentify(ds, opaque, record=record)
-        outcome.series_key = series
+        outcome.series_key, outcome.patient_tokens = series, patients
         return outcome
 
     def _deidentify(self, ds: Dataset, opaque: str, *, record: bool) -> Outcome:

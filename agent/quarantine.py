@@ -38,10 +38,11 @@ class Reason(str, enum.Enum):
     # Not refusals: an excluded instance is outside the profile's scope, never sent, never held.
     OUT_OF_SCOPE = "out_of_scope"  # a SOP class the profile does not accept
     EXCLUDED_BY_RULE = "excluded_by_rule"  # a header match of the profile's `exclude:` rules
+    OPTED_OUT = "opted_out"  # the patient is on the site's opt-out list (agent/optout.py)
 
 
 #: The reasons that exclude an instance rather than quarantine it.
-EXCLUSIONS = frozenset({Reason.OUT_OF_SCOPE, Reason.EXCLUDED_BY_RULE})
+EXCLUSIONS = frozenset({Reason.OUT_OF_SCOPE, Reason.EXCLUDED_BY_RULE, Reason.OPTED_OUT})
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from pathlib import Path
 from types import FrameType
 
-from agent import log, metrics
+from agent import log, metrics, optout
 from agent.config import Config
 from agent.errors import AgentError
 from agent.clinical import parse_schema
@@ -27,6 +27,7 @@ from agent.clinical.intake import ClinicalIntake
 from agent.deidentify import load_profile, ocr
 from agent.forward.schedule import window_offset_s
 from agent.notify import STUCK_AFTER_S, Notifier, RunningLock
+from agent.optout import OptOutPolicy
 
 if TYPE_CHECKING:
     from agent.observe import ObserveServer
@@ -131,11 +132,13 @@ class Service:
         self.forwarder = None if self.client is None else Forwarder(
             self.state, self.spool, self.client, outbox=config.pipeline.outbox,
             quarantine_dir=config.pipeline.quarantine, clinical=config.clinical,
-            provenance=Provenance(profile.name, profile.version, key.key_id))
+            provenance=Provenance(profile.name, profile.version, key.key_id),
+            optout_policy=OptOutPolicy(profile.optout_required, config.optout.max_age_days),
+            patient_token=lambda identifier: optout.token(key, identifier))
         self.clinical = None if schema is None else ClinicalIntake(
             config.clinical, schema,
             Pseudonymiser(key, profile.pseudonym), self.state, config.pipeline.outbox,
-            on_queued=self.forwarder.wake if self.forwarder is not None else None)
+            on_queued=self.forwarder.wake if self.forwarder is not None else None, key=key)
 
     def _observer(self) -> ObserveServer | None:
         if not self.config.observe.port:

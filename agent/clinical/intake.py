@@ -16,13 +16,15 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from agent import log
+from agent import log, optout
 from agent.clinical.drop import DropFolder
 from agent.clinical.prepare import prepare_file
 from agent.clinical.schema import ClinicalSchema
 from agent.notify import Heartbeat
 from agent.config import ClinicalConfig
 from agent.deidentify.pseudonym import Pseudonymiser
+from agent.keys import SiteKey
+from agent.spool.choices import Choices
 from agent.spool.state import State
 from agent.spool.store import CLINICAL_OUTBOX, save_file
 
@@ -33,8 +35,11 @@ class ClinicalIntake:
     """A thread of the daemon, woken by watchdog and polling every `interval_s` (or `run_once`)."""
 
     def __init__(self, config: ClinicalConfig, schema: ClinicalSchema, pseudonyms: Pseudonymiser, state: State,
-                 outbox: Path, on_queued: Callable[[], None] | None = None) -> None:
+                 outbox: Path, on_queued: Callable[[], None] | None = None, key: SiteKey | None = None) -> None:
+        """`key`: the site key, to match rows against the opt-out list (None: no list is applied)."""
         self.config, self.schema, self.pseudonyms, self.state = config, schema, pseudonyms, state
+        self.key = key
+        self.choices = Choices(state)
         self.on_queued = on_queued
         self.heartbeat = Heartbeat("clinical")
         self.outbox = outbox / CLINICAL_OUTBOX
@@ -83,7 +88,9 @@ class ClinicalIntake:
         return taken
 
     def take(self, path: Path) -> str:
-        prepared = prepare_file(path, self.schema, self.pseudonyms, self.config.rejects, read=self.drop.read)
+        opted_out = None if self.key is None else optout.matcher(self.key, self.choices.listed_tokens())
+        prepared = prepare_file(path, self.schema, self.pseudonyms, self.config.rejects, read=self.drop.read,
+                                opted_out=opted_out)
         batch, result = prepared.batch, prepared.result
         known = self.state.clinical_batch(batch)
         if result.refused is not None:
@@ -95,6 +102,8 @@ class ClinicalIntake:
         held = self.held / f"{batch}.csv"
         if known in (None, "refused"):  # refused before, accepted now: the schema was fixed
             save_file(self.outbox / f"{batch}.csv", result.csv, mode=0o600)
+            # Before the batch is queued: `reidentify` and a later opt-out import find its patients.
+            self.state.record_crosswalk([("patient", source, pseudonym) for source, pseudonym in result.patients.items()])
             self.state.record_clinical(batch, "queued", (result.rows_in, result.rows_out, result.rows_rejected),
                                        str(held), None)
             if self.on_queued is not None:

@@ -75,7 +75,8 @@ def _cell(text: str) -> str:
 
 
 def prepare_file(path: Path, schema: ClinicalSchema, pseudonyms: Pseudonymiser, rejects: Path,
-                 read: Callable[[Path], bytes] = Path.read_bytes) -> PreparedFile:
+                 read: Callable[[Path], bytes] = Path.read_bytes,
+                 opted_out: Callable[[str], bool] | None = None) -> PreparedFile:
     """Read a complete dropped file, pseudonymise it, write its rejects report, log one line.
 
     Raises OSError when the file cannot be read (gone, or permissions): the caller tries again at
@@ -83,7 +84,7 @@ def prepare_file(path: Path, schema: ClinicalSchema, pseudonyms: Pseudonymiser, 
     """
     data = read(path)
     batch = batch_id(data, pseudonyms)
-    result = pseudonymise_table(data, schema, pseudonyms)
+    result = pseudonymise_table(data, schema, pseudonyms, opted_out)
     report = write_rejects_report(rejects, batch, result)
     event = _log.warning if result.refused is not None or result.rejects else _log.info
     event(
@@ -92,6 +93,7 @@ def prepare_file(path: Path, schema: ClinicalSchema, pseudonyms: Pseudonymiser, 
         rows_in=result.rows_in,
         rows_out=result.rows_out,
         rows_rejected=result.rows_rejected,
+        rows_opted_out=result.rows_opted_out,
         problems=len(result.rejects),
         refused=None if result.refused_reason is None else result.refused_reason.value,
     )

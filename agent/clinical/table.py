@@ -18,7 +18,7 @@ import difflib
 import enum
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -67,6 +67,8 @@ class TableResult:
     rows_out: int = 0
     rejects: list[RowProblem] = field(default_factory=list)
     pseudonyms: set[str] = field(default_factory=set)
+    rows_opted_out: int = 0  # left out because the patient is on the opt-out list (also in `rejects`)
+    patients: dict[str, str] = field(default_factory=dict)  # source patient ID -> pseudonym: the crosswalk, on site
 
     @property
     def rows_rejected(self) -> int:
@@ -77,8 +79,11 @@ def _refused(reason: RefusedReason, message: str, rows_in: int = 0) -> TableResu
     return TableResult(refused=message, refused_reason=reason, rows_in=rows_in)
 
 
-def pseudonymise_table(data: bytes, schema: ClinicalSchema, pseudonyms: Pseudonymiser) -> TableResult:
-    """Validate and pseudonymise one CSV export; `refused` is set when nothing of it may leave."""
+def pseudonymise_table(data: bytes, schema: ClinicalSchema, pseudonyms: Pseudonymiser,
+                       opted_out: Callable[[str], bool] | None = None) -> TableResult:
+    """Validate and pseudonymise one CSV export; `refused` is set when nothing of it may leave.
+    A row whose patient ID, or a value of a column declared identifying (an NHS number), is on
+    the opt-out list (`opted_out`) is left out and reported."""
     text = _decode(data, schema.encoding)
     if isinstance(text, TableResult):
         return text
@@ -94,7 +99,8 @@ def pseudonymise_table(data: bytes, schema: ClinicalSchema, pseudonyms: Pseudony
     positions = _match_header(records[header_at], schema)
     if isinstance(positions, TableResult):
         return positions
-    table = _Table(schema, pseudonyms, positions, len(records[header_at]), decimal_comma=delimiter != ",")
+    table = _Table(schema, pseudonyms, positions, len(records[header_at]), decimal_comma=delimiter != ",",
+                   opted_out=opted_out)
     for index in range(header_at + 1, len(records)):
         table.add(index + 1, records[index])
     return table.result()
@@ -224,8 +230,9 @@ class _Table:
     """Accumulates one file's rows: valid ones pseudonymised, the others as problems."""
 
     def __init__(self, schema: ClinicalSchema, pseudonyms: Pseudonymiser, positions: dict[str, int],
-                 width: int, *, decimal_comma: bool) -> None:
+                 width: int, *, decimal_comma: bool, opted_out: Callable[[str], bool] | None = None) -> None:
         self.schema = schema
+        self.opted_out = opted_out
         self.pseudonyms = pseudonyms
         self.width = width
         self.decimal_comma = decimal_comma
@@ -260,6 +267,12 @@ class _Table:
         source_patient_id = self._patient_id(row, cells, problems)
         for at in self.identifying:
             self._search(cells[at], row, min_length=_MIN_SEARCHED)
+        if self.opted_out is not None and any(self.opted_out(value) for value in
+                                              [source_patient_id or "", *(cells[at] for at in self.identifying)] if value):
+            result.rejects.append(RowProblem(row, self.schema.patient_id.header, "the patient is on the opt-out list"))
+            result.rows_opted_out += 1
+            self._search(source_patient_id, row, min_length=_MIN_SEARCHED)
+            return
         values = [self._value(row, column, cells[at], source_patient_id, problems) for column, at in self.kept]
         if problems:
             result.rejects.extend(problems)
@@ -269,6 +282,7 @@ class _Table:
         pseudonym = self.pseudonyms.patient_pseudonym(source_patient_id)
         self.writer.writerow([pseudonym, *values])
         result.pseudonyms.add(pseudonym)
+        result.patients[source_patient_id] = pseudonym
         result.rows_out += 1
         self._search(source_patient_id, row, min_length=1)
 

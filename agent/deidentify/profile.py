@@ -51,7 +51,7 @@ METHOD_CODES: dict[str, tuple[str, str]] = {
 }
 
 _MANIFEST_KEYS = {"name", "version", "description", "recipes", "pseudonym", "sop_classes", "vocabulary", "exclude",
-                  "pixels"}
+                  "pixels", "optout"}
 _PIXEL_KEYS = {"rules", "ocr"}
 _OCR_KEYS = {"frames", "timeout_s"}
 #: A storage SOP class's name: "... Storage", or "... Storage - For Presentation" (DX, MG, IO).
@@ -97,6 +97,7 @@ class Profile:
     exclude: tuple[ExclusionRule, ...] = ()  # header matches that put an accepted instance out of scope
     fingerprint: str = ""  # SHA-256 of the manifest and recipe files as loaded: workers check they load the same
     pixels: PixelSettings = PixelSettings()
+    optout_required: bool = False  # `optout: required`: nothing is delivered without a current opt-out list
 
     @property
     def method_codes(self) -> list[tuple[str, str]]:
@@ -170,7 +171,27 @@ def load(name_or_path: str) -> Profile:
         exclude=parse_rules(data.get("exclude"), manifest),
         fingerprint=_fingerprint(manifest, recipes + pixels.files, data.get("vocabulary", [])),
         pixels=pixels,
+        optout_required=_optout(data.get("optout"), manifest),
     )
+
+
+def optout_required(name_or_path: str) -> bool:
+    """The profile's `optout:` alone, without compiling it (for `status` and /readyz); a profile
+    that does not load says required, so a broken one never lifts the rule."""
+    try:
+        data = yaml.safe_load(resolve(name_or_path).read_text(encoding="utf-8"))
+        return _optout(data.get("optout") if isinstance(data, dict) else None, resolve(name_or_path))
+    except (OSError, yaml.YAMLError, ProfileError):
+        return True
+
+
+def _optout(value: Any, manifest: Path) -> bool:
+    """`optout: required` (or `optional`, the default when the key is absent)."""
+    if value is None or value == "optional":
+        return False
+    if value == "required":
+        return True
+    raise ProfileError(f"{manifest}: optout: `required` or `optional` expected")
 
 
 def _fingerprint(manifest: Path, recipes: tuple[Path, ...], vocabulary: Any) -> str:

@@ -343,6 +343,10 @@ class PlatformClient:
         """PUT a study manifest at {manifest_url}/{pseudonymous study UID}.json."""
         self.put(self._url_for("manifest_url", study_instance_uid, ".json"), manifest, "application/json")
 
+    def put_retraction(self, study_instance_uid: str, notice: bytes) -> None:
+        """PUT a retraction notice at {manifest_url}/{pseudonymous study UID}.retraction.json."""
+        self.put(self._url_for("manifest_url", study_instance_uid, ".retraction.json"), notice, "application/json")
+
     def put_clinical(self, batch_id: str, csv: bytes) -> None:
         """PUT a pseudonymised clinical table at {clinical_url}/{batch id}.csv."""
         self.put(self._url_for("clinical_url", batch_id, ".csv"), csv, "text/csv; charset=utf-8")

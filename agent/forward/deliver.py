@@ -50,7 +50,8 @@ def batches(instances: Sequence[OutgoingInstance], size: int) -> list[list[Outgo
 
 
 def deliver_study(client: StowClient, instances: Sequence[OutgoingInstance], batch_size: int, *,
-                  reject_unacknowledged: bool = False, on_request: Callable[[], None] | None = None) -> StudyDelivery:
+                  reject_unacknowledged: bool = False, on_request: Callable[[], None] | None = None,
+                  proceed: Callable[[], bool] | None = None) -> StudyDelivery:
     """Send `instances` in batches of `batch_size`; return what became of each.
 
     When a request does not get every instance stored, the ones the platform did not name are
@@ -66,7 +67,8 @@ def deliver_study(client: StowClient, instances: Sequence[OutgoingInstance], bat
     - refused with 0110 Processing failure among others: sent again alone (CONFIRM_ALONE).
     A failure of the platform as a whole (DeliveryError) stops the delivery: the rest would fail
     the same way. Safe to call again for the same study: the platform keys instances on their
-    SOP Instance UIDs, so a resent instance is not duplicated.
+    SOP Instance UIDs, so a resent instance is not duplicated. `proceed` is asked before each
+    request: False (the patient was found on the opt-out list) leaves the rest unsent.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -81,6 +83,10 @@ def deliver_study(client: StowClient, instances: Sequence[OutgoingInstance], bat
     requests = 0
     while pending:
         batch = pending.popleft()
+        if proceed is not None and not proceed():
+            not_sent = [instance for waiting in (batch, *pending) for instance in waiting]
+            transient += [InstanceFailure(i.sop_instance_uid, None, "not sent: stopped") for i in not_sent]
+            break
         requests += 1
         if on_request is not None:
             on_request()  # a sign of life per request: a study of many GB is turning, not stuck

@@ -12,11 +12,14 @@ ever dropped for it. Uploads wait for the configured window.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +34,9 @@ from agent.forward.deliver import deliver_study
 from agent.forward.errors import DeliveryError, Rejected
 from agent.forward.stow import OutgoingInstance
 from agent.notify import Heartbeat
+from agent.optout import OptOutPolicy
 from agent.quarantine import Reason, Refusal, quarantine
+from agent.spool.choices import RETRACTION_REASON, Choices
 from agent.spool.state import InstanceRow, State
 from agent.spool.store import CLINICAL_OUTBOX, Spool
 
@@ -40,6 +45,7 @@ _log = log.get("forward")
 #: 1.7 drops a refused instance silently), it is taken as refused, so it cannot hold its study back.
 UNACKNOWLEDGED_ATTEMPTS = 3
 MANIFEST_VERSION = 1
+RETRACTION_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -64,8 +70,14 @@ class Forwarder:
     """A thread of the daemon (or `run_once` in tests) that empties the outbox into the platform."""
 
     def __init__(self, state: State, spool: Spool, client: PlatformClient, *, outbox: Path, quarantine_dir: Path,
-                 provenance: Provenance, clinical: ClinicalConfig | None = None) -> None:
+                 provenance: Provenance, clinical: ClinicalConfig | None = None,
+                 optout_policy: OptOutPolicy | None = None, patient_token: Callable[[str], str] | None = None) -> None:
+        """`patient_token`: an identifier's opt-out token (the site key's), to find pseudonyms
+        of opted-out patients in clinical batches queued before the list was imported."""
         self.state, self.spool, self.client = state, spool, client
+        self.choices = Choices(state)
+        self.optout_policy = optout_policy
+        self.patient_token = patient_token
         self.heartbeat = Heartbeat("delivery")
         self.outbox, self.quarantine_dir = outbox, quarantine_dir
         self.provenance = provenance
@@ -74,6 +86,7 @@ class Forwarder:
         # A problem recorded before a restart is shown until a round succeeds.
         self._problem_shown = state.platform_problem() is not None
         self._paused_until = 0.0
+        self._optout_said_at = 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -152,7 +165,9 @@ class Forwarder:
         if time.time() < self._paused_until or not self.client.window.is_open(datetime.now()):
             return False
         try:
-            worked = False
+            worked = self._send_retractions()  # first: a patient's choice outranks new data
+            if self._held_for_optout_list():
+                return worked
             for study_key in self.state.due_studies():
                 if self._stop.is_set():
                     return worked
@@ -220,11 +235,15 @@ class Forwarder:
     def deliver(self, study_key: str) -> str:
         """Send a queued study's instances not yet acknowledged, then its manifest. Raises
         DeliveryError when the platform as a whole fails (the study stays queued)."""
+        if self.choices.study_opted_out(study_key):
+            return "opted_out"  # the pipeline settles it; nothing more of it is sent
         rows = self.state.instances_in(study_key, "deidentified")
         if rows:
             delivery = self._send_instances(study_key, rows)
             if delivery is not None:
                 return delivery
+        if self.choices.study_opted_out(study_key):
+            return "opted_out"  # found during the upload: no manifest; a retraction is queued
         if self.state.instances_in(study_key, "deidentified"):
             return "queued"
         if not self.state.sent_instances(study_key):  # the platform refused every instance
@@ -252,7 +271,8 @@ class Forwarder:
             outgoing.append(OutgoingInstance(uid, str(header.SOPClassUID), path=path))
         attempts = self.state.delivery_attempts(study_key)
         delivery = deliver_study(self.client, outgoing, self.client.config.batch_size, on_request=self.heartbeat.beat,
-                                 reject_unacknowledged=attempts + 1 >= UNACKNOWLEDGED_ATTEMPTS)
+                                 reject_unacknowledged=attempts + 1 >= UNACKNOWLEDGED_ATTEMPTS,
+                                 proceed=lambda: not self.choices.study_opted_out(study_key))
         sent = {by_uid[uid][0].sop_key: (_sha256(by_uid[uid][1]), by_uid[uid][1].stat().st_size)
                 for uid in delivery.stored}
         refused = {by_uid[f.sop_instance_uid][0].sop_key: (Reason.PLATFORM_REJECTED.value, f.detail)
@@ -326,6 +346,41 @@ class Forwarder:
         keys = self.state.study_purged(study_key)
         _log.info("study_delivered", study_key=study_key, purged_instances=len(keys))
 
+    # -- patients' choices ------------------------------------------------------------------
+
+    def _held_for_optout_list(self) -> bool:
+        """The profile makes the opt-out list mandatory and it is missing or too old: nothing new
+        is sent (retractions still are) until it is imported again; said once an hour."""
+        problem = self.optout_policy.problem(self.choices.info().imported_at) if self.optout_policy is not None else None
+        if problem is None:
+            self._optout_said_at = 0.0
+            return False
+        if time.monotonic() - self._optout_said_at > 3600:
+            self._optout_said_at = time.monotonic()
+            _log.error("delivery_held", reason="optout_list", detail=problem)
+        return True
+
+    def _send_retractions(self) -> bool:
+        """PUT a retraction notice for each study of a patient who opted out after delivery;
+        one the platform refuses is tried again on the backoff schedule."""
+        due = self.choices.due_retractions()
+        for retraction in due:
+            if self._stop.is_set():
+                break
+            self.heartbeat.beat()
+            body = retraction_notice(retraction.output_study, self.provenance.key_id)
+            try:
+                self.client.put_retraction(retraction.output_study, body)
+            except Rejected as exc:
+                wait = self.client.backoff.delay(retraction.attempts)
+                self.choices.retraction_postponed(retraction.output_study, time.time() + wait, str(exc))
+                _log.error("retraction_postponed", study_key=retraction.study_key, detail=str(exc),
+                           retry_in_s=round(wait, 1))
+                continue
+            self.choices.retraction_acknowledged(retraction.output_study)
+            _log.info("retraction_sent", study_key=retraction.study_key, output_study=retraction.output_study)
+        return bool(due)
+
     # -- clinical batches -------------------------------------------------------------------
 
     def _upload_one(self, batch: str, held: str | None) -> None:
@@ -346,7 +401,12 @@ class Forwarder:
     def upload_clinical(self, batch: str, held: str | None) -> None:
         """PUT a pseudonymised CSV, then archive or delete the original it came from."""
         csv_path = self.outbox / CLINICAL_OUTBOX / f"{batch}.csv"
-        self.client.put_clinical(batch, csv_path.read_bytes())
+        body = csv_path.read_bytes()
+        if self.patient_token is not None:
+            body, withheld = without_pseudonyms(body, self.choices.opted_out_pseudonyms(self.patient_token))
+            if withheld:
+                _log.info("clinical_rows_withheld", batch=batch, rows=withheld, reason="opted_out")
+        self.client.put_clinical(batch, body)
         if held is not None and Path(held).exists():
             if self.clinical is not None and self.clinical.after_upload == "archive":
                 self.clinical.archive.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -356,6 +416,28 @@ class Forwarder:
         csv_path.unlink(missing_ok=True)
         self.state.clinical_uploaded(batch)
         _log.info("clinical_batch_uploaded", batch=batch)
+
+
+def without_pseudonyms(body: bytes, pseudonyms: set[str]) -> tuple[bytes, int]:
+    """A pseudonymised clinical CSV (the pseudonym first in each row) without the rows of these
+    patients: those who opted out after the batch was queued. Returns it and how many went."""
+    if not pseudonyms:
+        return body, 0
+    records = list(csv.reader(io.StringIO(body.decode("utf-8"), newline="")))
+    kept = records[:1] + [r for r in records[1:] if not r or r[0] not in pseudonyms]
+    if len(kept) == len(records):
+        return body, 0
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerows(kept)  # as agent/clinical/table.py writes it
+    return out.getvalue().encode("utf-8"), len(records) - len(kept)
+
+
+def retraction_notice(output_study: str, key_id: str) -> bytes:
+    """What the platform is told when a patient opts out after delivery: which pseudonymous study
+    to delete, and why. Nothing else: no identifier, no pseudonym of the patient."""
+    return json.dumps({"retraction_version": RETRACTION_VERSION, "study_instance_uid": output_study,
+                       "reason": RETRACTION_REASON, "retracted_at": _iso(time.time()), "key_id": key_id,
+                       "agent_version": __version__}, indent=1).encode()
 
 
 def _readable(path: Path) -> bool:

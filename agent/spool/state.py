@@ -24,11 +24,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import AgentError
+from agent.spool import choices
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -106,11 +108,42 @@ _MIGRATIONS: tuple[str, ...] = (
     # 1 (issue 9): each instance's series, so a refusal holds back its series, not its study.
     "ALTER TABLE instances ADD COLUMN series_key TEXT;"
     " CREATE INDEX IF NOT EXISTS instances_by_series ON instances (study_key, series_key);",
+    # 2 (issue 13): patients' choices (agent/spool/choices.py). The opt-out list as keyed tokens;
+    # each study's patient tokens; when a study was found opted out; retraction notices; and the
+    # append-only access log of re-identifications and quarantine actions.
+    "CREATE TABLE optout_tokens (token TEXT PRIMARY KEY);"
+    " CREATE TABLE optout_imports (id INTEGER PRIMARY KEY, at REAL NOT NULL, entries INTEGER NOT NULL,"
+    "  added INTEGER NOT NULL, removed INTEGER NOT NULL, operator TEXT NOT NULL);"
+    " CREATE TABLE study_patients (study_key TEXT NOT NULL, token TEXT NOT NULL, PRIMARY KEY (study_key, token));"
+    " CREATE INDEX study_patients_by_token ON study_patients (token);"
+    " ALTER TABLE studies ADD COLUMN opted_out_at REAL;"
+    " ALTER TABLE studies ADD COLUMN opt_out_settled INTEGER NOT NULL DEFAULT 0;"
+    " CREATE TABLE retractions (output_study TEXT PRIMARY KEY, study_key TEXT NOT NULL, reason TEXT NOT NULL,"
+    "  queued_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL DEFAULT 0,"
+    "  last_problem TEXT, acknowledged_at REAL);"
+    " CREATE TABLE access_log (id INTEGER PRIMARY KEY, at REAL NOT NULL, operator TEXT NOT NULL,"
+    "  action TEXT NOT NULL, subject TEXT NOT NULL, reason TEXT NOT NULL, chain TEXT NOT NULL);"
+    " CREATE TRIGGER access_log_no_update BEFORE UPDATE ON access_log"
+    "  BEGIN SELECT RAISE(ABORT, 'the access log is append-only'); END;"
+    " CREATE TRIGGER access_log_no_delete BEFORE DELETE ON access_log"
+    "  BEGIN SELECT RAISE(ABORT, 'the access log is append-only'); END;",
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 #: Reasons that do not hold a series back for the instances that come after them: the platform
 #: refused that instance after the rest of its series had been sent.
 _NOT_HOLDING = ("series_quarantined", "platform_rejected")
+
+
+def _statements(script: str) -> list[str]:
+    """A migration's statements, one by one (a trigger's body holds `;` of its own)."""
+    statements, current = [], ""
+    for part in script.split(";"):
+        current += part + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" ;"):
+                statements.append(current.strip())
+            current = ""
+    return statements
 
 
 class SchemaTooNew(AgentError):
@@ -147,6 +180,8 @@ class StudyRow:
     pseudonym: str | None
     output_study: str | None
     reason: str | None
+    opted_out_at: float | None = None  # when its patient was found on the opt-out list
+    opt_out_settled: int = 0  # 1 once nothing of it is left to send and its copies are gone
 
 
 class State:
@@ -185,9 +220,8 @@ class State:
             with self._tx() as db:
                 if int(db.execute("PRAGMA user_version").fetchone()[0]) != step:
                     continue  # another process (a receiver) migrated it meanwhile
-                for statement in _MIGRATIONS[step].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in _statements(_MIGRATIONS[step]):
+                    db.execute(statement)
                 db.execute(f"PRAGMA user_version = {step + 1}")
                 self._audit(db, time.time(), None, None, "state_schema_migrated", f"{step} -> {step + 1}")
 
@@ -228,6 +262,14 @@ class State:
             db.execute("PRAGMA busy_timeout=30000")
             self._local.db = db
         return db
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, for the modules that keep tables of their own here (choices)."""
+        return self._db()
+
+    def transaction(self) -> "contextlib.AbstractContextManager[sqlite3.Connection]":
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any exception), for those modules."""
+        return self._tx()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -347,6 +389,7 @@ class State:
         crosswalk: list[tuple[str, str, str]],
         expected_received_at: dict[str, float],
         hold: dict[str, str] | None = None,
+        patient_tokens: frozenset[str] = frozenset(),
     ) -> tuple[str, list[str]]:
         """Record a study's de-identification in one transaction; returns the study's new state and
         the instances recorded as excluded (whose spool copies may now go).
@@ -376,6 +419,8 @@ class State:
                               " detail = ? WHERE sop_key = ? AND state = 'deidentified'", (detail, sop_key)).rowcount:
                     self._audit(db, now, study_key, sop_key, "instance_quarantined", "series_quarantined")
             db.executemany("INSERT OR IGNORE INTO crosswalk (kind, id_old, id_new) VALUES (?, ?, ?)", crosswalk)
+            # An import made since the pipeline looked marks the study here: the forwarder then never sends it.
+            choices.record_patients(db, study_key, patient_tokens, now)
             row = db.execute("SELECT state FROM studies WHERE study_key = ?", (study_key,)).fetchone()
             if row is not None and row[0] != "stable":
                 return str(row[0]), excluded  # reopened by a new instance meanwhile: processed again
@@ -425,7 +470,8 @@ class State:
         now = time.time() if now is None else now
         return [r[0] for r in self._db().execute(
             "SELECT s.study_key FROM studies s LEFT JOIN deliveries d USING (study_key)"
-            " WHERE s.state = 'queued' AND COALESCE(d.next_attempt_at, 0) <= ? ORDER BY s.updated_at", (now,))]
+            " WHERE s.state = 'queued' AND s.opted_out_at IS NULL AND COALESCE(d.next_attempt_at, 0) <= ?"
+            " ORDER BY s.updated_at", (now,))]
 
     def studies_in(self, state: str) -> list[str]:
         return [r[0] for r in self._db().execute("SELECT study_key FROM studies WHERE state = ?", (state,))]
@@ -451,6 +497,8 @@ class State:
                 db.execute("UPDATE instances SET state = 'delivered' WHERE sop_key = ? AND state = 'deidentified'",
                            (sop_key,))
                 self._audit(db, now, study_key, sop_key, "instance_delivered", None)
+            if sent:  # a batch in flight when the study was found opted out: the platform is told to drop it
+                choices.queue_retraction_if_opted_out(db, study_key, now)
             for sop_key, (reason, detail) in refused.items():
                 db.execute("UPDATE instances SET state = 'quarantined', reason = ?, detail = ?"
                            " WHERE sop_key = ? AND state = 'deidentified'", (reason, detail, sop_key))
@@ -563,6 +611,12 @@ class State:
         return int(row[0])
 
     # -- clinical batches ---------------------------------------------------------------------
+
+    def record_crosswalk(self, pairs: list[tuple[str, str, str]]) -> None:
+        """(kind, source, pseudonymous) pairs for an on-site re-identification (clinical rows' patients)."""
+        if pairs:
+            with self._tx() as db:
+                db.executemany("INSERT OR IGNORE INTO crosswalk (kind, id_old, id_new) VALUES (?, ?, ?)", pairs)
 
     def clinical_batch(self, batch: str) -> str | None:
         row = self._db().execute("SELECT state FROM clinical_batches WHERE batch = ?", (batch,)).fetchone()

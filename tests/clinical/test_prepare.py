@@ -102,7 +102,7 @@ def test_identifiers_never_reach_output_report_or_log(tmp_path: Path, schema: Cl
         prepared = prepare_file(drop(tmp_path / "drop", BAD_ROWS), schema, pseudonyms, tmp_path / "rejects")
     assert events == [{
         "event": "clinical_file_checked", "log_level": "warning", "batch": prepared.batch,
-        "rows_in": 8, "rows_out": 1, "rows_rejected": 7, "problems": 8, "refused": None,
+        "rows_in": 8, "rows_out": 1, "rows_rejected": 7, "rows_opted_out": 0, "problems": 8, "refused": None,
     }]
     assert prepared.report is not None
     seen = [prepared.result.csv.decode("utf-8"), prepared.report.read_text(encoding="utf-8"), repr(events),

@@ -44,7 +44,9 @@ class Daemon:
     #: each test, so a failed assertion never leaves an agent running.
     running: set["Daemon"] = set()
 
-    def __init__(self, root: Path, **overrides: Any) -> None:
+    def __init__(self, root: Path, *, optouts: tuple[str, ...] | None = (), **overrides: Any) -> None:
+        """`optouts`: the opt-out list imported before the start (the nccid and nmip profiles
+        deliver nothing without a current one); None imports none."""
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -65,9 +67,27 @@ class Daemon:
             config.setdefault(section, {})[key_name] = value
         self.config_path = root / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
+        if optouts is not None:
+            self.import_optouts(optouts)
         self.log_path = root / "agent.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] = {}  # added to the environment `serve` starts with (NOTIFY_SOCKET...)
+
+    def import_optouts(self, identifiers: tuple[str, ...]) -> None:
+        """What `nmip-agent optout import` does, in this process (a subprocess per daemon is slow)."""
+        from agent import optout
+        from agent.config import load
+        from agent.keys import load_key_file
+        from agent.spool.choices import Choices
+        from agent.spool.state import State
+
+        config = load(self.config_path)
+        key = load_key_file(config.pipeline.key_file)
+        state = State(config.pipeline.database, upgrade=True)
+        try:
+            Choices(state).replace_list(optout.tokens(key, identifiers), lambda i: optout.token(key, i), "test")
+        finally:
+            state.close()
 
     def _started(self, offset: int) -> bool:
         with self.log_path.open("rb") as log:

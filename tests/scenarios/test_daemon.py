@@ -145,7 +145,8 @@ def test_refused_instance_quarantines_its_series_with_reasons(tmp_path: Path) ->
     shown = subprocess.run([*cli, "quarantine", "show", key, "--config", str(agent.config_path)],
                            capture_output=True, text=True, env=env)
     assert shown.returncode == 0 and "burned_in_annotation" in shown.stdout
-    purged = subprocess.run([*cli, "quarantine", "purge", key, "--config", str(agent.config_path)],
+    purged = subprocess.run([*cli, "quarantine", "purge", key, "--config", str(agent.config_path),
+                             "--reason", "reviewed: not needed for the programme"],
                             capture_output=True, text=True, env=env)
     assert purged.returncode == 0 and "purged 2" in purged.stdout
     assert [p for p in (tmp_path / "agent" / "spool").rglob("*.dcm")] == []
@@ -171,7 +172,8 @@ def test_release_reruns_a_quarantined_study_after_a_profile_fix(tmp_path: Path) 
     agent.stop()
     agent.config_path.write_text(agent.config_path.read_text().replace(str(site), "basic"))
     released = subprocess.run([sys.executable, "-m", "agent.cli", "quarantine", "release", key, "--config",
-                               str(agent.config_path)], capture_output=True, text=True)
+                               str(agent.config_path), "--reason", "profile fixed after review"],
+                              capture_output=True, text=True)
     assert released.returncode == 0 and "released 2" in released.stdout
     agent.start()
     report = agent.wait_queued(1)

@@ -260,7 +260,8 @@ def test_an_instance_the_platform_refuses_is_quarantined_and_the_rest_delivered(
     with agent:
         listed = nmip("quarantine", "list", "--config", str(agent.config_path))
         assert entry["study_key"] in listed and "platform_rejected" in listed
-        nmip("quarantine", "release", entry["study_key"], "--config", str(agent.config_path))
+        nmip("quarantine", "release", entry["study_key"], "--config", str(agent.config_path),
+             "--reason", "the platform's refusal was fixed")
         wait_for(lambda: len(clean_platform.stored_sop_instance_uids()) == 5 and
                  agent.status()["studies"] == {"purged": 1}, 60, 0.3, "the released instance delivered")
         report = agent.status()

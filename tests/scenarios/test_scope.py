@@ -190,7 +190,8 @@ def test_a_refused_slice_holds_its_series_and_release_delivers_it(tmp_path: Path
 
     agent.config_path.write_text(agent.config_path.read_text().replace(str(site), "basic"))
     released = subprocess.run([sys.executable, "-m", "agent.cli", "quarantine", "release", key, "--config",
-                               str(agent.config_path)], capture_output=True, text=True, timeout=60)
+                               str(agent.config_path), "--reason", "profile fixed after review"],
+                              capture_output=True, text=True, timeout=60)
     assert released.returncode == 0 and "released 3" in released.stdout, released.stdout + released.stderr
     with agent:
         wait_for(lambda: len(clean_platform.stored_instances()) == 6, 90, 0.5, "the held series delivered")

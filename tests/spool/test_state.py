@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.spool.first_installed import take_back_to_version_0
+
 from agent.spool.state import SchemaTooOld, State, StudyBusy
 
 
@@ -91,12 +93,7 @@ def test_only_the_service_upgrades_a_database_that_holds_data(tmp_path: Path) ->
     state = State(path)
     _study(state, "S", {"a": "x"})
     state.close()
-    db = sqlite3.connect(path)
-    db.execute("DROP INDEX instances_by_series")
-    db.execute("ALTER TABLE instances DROP COLUMN series_key")
-    db.execute("PRAGMA user_version = 0")
-    db.commit()
-    db.close()
+    take_back_to_version_0(path)
     with pytest.raises(SchemaTooOld, match="restart the service"):
         State(path)
     upgraded = State(path, upgrade=True)

@@ -1,0 +1,152 @@
+"""Patients' choices: the site's opt-out list, as keyed tokens, and what a dataset is matched by.
+
+The list the trust's opt-out check returns (hospital Patient IDs or NHS numbers) is never kept
+as written: each identifier becomes an HMAC token under the site key, so the state database can
+say whether a patient opted out without holding who did. An instance is matched by its Patient
+ID, its Other Patient IDs and the Patient IDs in its Other Patient IDs Sequence (an NHS number
+usually lives there); a clinical row by its patient ID column.
+
+Identifiers are compared after `normalise`: case, spaces and hyphens are not told apart, so
+"943 476 5919" and "9434765919" are one NHS number. Two IDs that differ only in those are
+taken as one: a match too many excludes data, a match too few would send it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from agent.errors import AgentError
+from agent.keys import SiteKey
+
+MAX_IDENTIFIER = 64  # a Patient ID is LO: 64 characters
+_DOMAIN = b"nmip-agent/opt-out v1\0"
+_IGNORED = re.compile(r"[\s\-]+")
+_FIELD_SEPARATORS = re.compile(r"[,;\t|]")
+_HEADER_WORDS = re.compile(r"(nhs|patient|hospital|number|identifier|\bids?\b|mrn|opt|no\.?$)", re.IGNORECASE)
+
+
+class OptOutListError(AgentError):
+    """An opt-out file that cannot be taken as it is (the old list stays in force)."""
+
+
+def normalise(identifier: str) -> str:
+    return _IGNORED.sub("", identifier.strip().strip('"').strip()).upper()
+
+
+def token(key: SiteKey, identifier: str) -> str:
+    """The keyed token of one identifier ("" for an empty one)."""
+    value = normalise(identifier)
+    if not value:
+        return ""
+    return hmac.new(key.secret, _DOMAIN + value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def tokens(key: SiteKey, identifiers: Iterable[str]) -> frozenset[str]:
+    return frozenset(t for t in (token(key, i) for i in identifiers) if t)
+
+
+def matcher(key: SiteKey, listed: frozenset[str]) -> Callable[[str], bool]:
+    """Is an identifier on the list (`listed`: its tokens, read once for a whole file)?"""
+    return lambda identifier: bool(listed) and token(key, identifier) in listed
+
+
+def identifiers_of(ds: Dataset) -> set[str]:
+    """Every patient identifier an instance carries; a damaged value is skipped, not fatal."""
+    found: set[str] = set()
+    for keyword in ("PatientID", "OtherPatientIDs"):
+        found.update(_values(ds, keyword))
+    try:
+        items = ds.get("OtherPatientIDsSequence") or []
+        for item in items:
+            found.update(_values(item, "PatientID"))
+    except Exception:  # a damaged sequence: its Patient IDs cannot be read
+        pass
+    return {value for value in found if value.strip()}
+
+
+def _values(ds: Dataset, keyword: str) -> list[str]:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # a value that does not decode
+        return []
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+@dataclass(frozen=True)
+class OptOutFile:
+    """What an opt-out file held: its identifiers (in memory only), and how it was read."""
+
+    identifiers: frozenset[str]
+    lines: int
+    header_skipped: bool
+
+
+def read_list(path: Path) -> OptOutFile:
+    """Identifiers one per line, as a trust's opt-out check returns them. Blank lines are
+    skipped, and a first line with no digit in it that names a column (NHS Number, Patient ID)
+    is a header. A line of several fields (a CSV) gives each field: a field too many can only
+    exclude more. Problems name the line, never its content."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise OptOutListError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        try:
+            text = path.read_bytes().decode("cp1252")
+        except UnicodeDecodeError:
+            raise OptOutListError(f"{path}: not text (UTF-8 or Windows-1252 expected)") from None
+    found: set[str] = set()
+    header_skipped = False
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        fields = [f.strip().strip('"').strip() for f in _FIELD_SEPARATORS.split(line)]
+        fields = [f for f in fields if f]
+        if not fields:
+            continue
+        if not found and not header_skipped and _is_header(fields):
+            header_skipped = True
+            continue
+        for value in fields:
+            if len(normalise(value)) > MAX_IDENTIFIER:
+                raise OptOutListError(f"{path}, line {number}: longer than a patient identifier "
+                                      f"({MAX_IDENTIFIER} characters): one identifier per line is expected")
+            found.add(value)
+    return OptOutFile(frozenset(found), len(lines), header_skipped)
+
+
+def _is_header(fields: list[str]) -> bool:
+    return all(not any(ch.isdigit() for ch in f) and _HEADER_WORDS.search(f) for f in fields)
+
+
+@dataclass(frozen=True)
+class OptOutPolicy:
+    """Whether delivery needs a current opt-out list: the profile says whether it is mandatory
+    (`optout: required`), the configuration how old it may be (`optout.max_age_days`)."""
+
+    required: bool
+    max_age_days: int
+
+    def problem(self, imported_at: float | None, now: float | None = None) -> str | None:
+        """Why delivery is held, or None."""
+        if not self.required:
+            return None
+        if imported_at is None:
+            return ("the profile makes the opt-out list mandatory and none was imported: "
+                    "`nmip-agent optout import FILE`")
+        age_days = ((time.time() if now is None else now) - imported_at) / 86_400
+        if age_days > self.max_age_days:
+            return (f"the opt-out list is {age_days:.0f} days old, more than optout.max_age_days "
+                    f"({self.max_age_days}): import the trust's current list")
+        return None
