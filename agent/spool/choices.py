@@ -150,7 +150,15 @@ class Choices:
         return ListInfo(entries, None if row is None else float(row[0]), None if row is None else str(row[1]))
 
     def listed_tokens(self) -> frozenset[str]:
-        return frozenset(r[0] for r in self.state.connection().execute("SELECT token FROM optout_tokens"))
+        """The list's tokens, and every other identifier seen with one of them in a study: an
+        NHS number on the list also takes the hospital number its images carry, so the
+        patient's clinical rows, keyed by the hospital number, are left out too."""
+        db = self.state.connection()
+        listed = {r[0] for r in db.execute("SELECT token FROM optout_tokens")}
+        listed |= {r[0] for r in db.execute(
+            "SELECT DISTINCT other.token FROM optout_tokens o JOIN study_patients p USING (token)"
+            " JOIN study_patients other ON other.study_key = p.study_key")}
+        return frozenset(listed)
 
     def listed(self, tokens: Iterable[str]) -> bool:
         tokens = list(set(tokens))
