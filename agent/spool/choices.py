@@ -26,6 +26,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from agent.spool.state import State
 
+#: Tokens taken as listed: the list's own, and every identifier seen with one of them in a study
+#: (an NHS number on the list takes the hospital number its images carry, so the patient's later
+#: studies that carry only that, and their clinical rows keyed by it, are left out too).
+_LISTED = ("(SELECT token FROM optout_tokens UNION SELECT other.token FROM optout_tokens o"
+           " JOIN study_patients p USING (token) JOIN study_patients other ON other.study_key = p.study_key)")
+
 OPTED_OUT = "opted_out"
 RETRACTION_REASON = "opt_out"
 
@@ -75,7 +81,7 @@ def record_patients(db: sqlite3.Connection, study_key: str, tokens: Iterable[str
                    [(study_key, t) for t in tokens])
     marked = db.execute(
         "UPDATE studies SET opted_out_at = ? WHERE study_key = ? AND opted_out_at IS NULL AND EXISTS"
-        " (SELECT 1 FROM study_patients p JOIN optout_tokens o USING (token) WHERE p.study_key = ?)",
+        f" (SELECT 1 FROM study_patients p WHERE p.study_key = ? AND p.token IN {_LISTED})",
         (now, study_key, study_key)).rowcount
     if marked:
         _event(db, now, study_key, "study_opted_out", "found at de-identification")
@@ -129,7 +135,7 @@ class Choices:
                           if patient_token(id_old) in new]
             found = db.execute(
                 "UPDATE studies SET opted_out_at = ? WHERE opted_out_at IS NULL AND study_key IN"
-                " (SELECT p.study_key FROM study_patients p JOIN optout_tokens o USING (token))", (now,)).rowcount
+                f" (SELECT p.study_key FROM study_patients p WHERE p.token IN {_LISTED})", (now,)).rowcount
             for pseudonym in pseudonyms:
                 found += db.execute("UPDATE studies SET opted_out_at = ? WHERE opted_out_at IS NULL AND pseudonym = ?",
                                     (now, pseudonym)).rowcount
@@ -150,15 +156,8 @@ class Choices:
         return ListInfo(entries, None if row is None else float(row[0]), None if row is None else str(row[1]))
 
     def listed_tokens(self) -> frozenset[str]:
-        """The list's tokens, and every other identifier seen with one of them in a study: an
-        NHS number on the list also takes the hospital number its images carry, so the
-        patient's clinical rows, keyed by the hospital number, are left out too."""
-        db = self.state.connection()
-        listed = {r[0] for r in db.execute("SELECT token FROM optout_tokens")}
-        listed |= {r[0] for r in db.execute(
-            "SELECT DISTINCT other.token FROM optout_tokens o JOIN study_patients p USING (token)"
-            " JOIN study_patients other ON other.study_key = p.study_key")}
-        return frozenset(listed)
+        """The tokens taken as listed (`_LISTED`), read once for a whole clinical file."""
+        return frozenset(r[0] for r in self.state.connection().execute(f"SELECT token FROM {_LISTED}"))
 
     def listed(self, tokens: Iterable[str]) -> bool:
         tokens = list(set(tokens))
@@ -166,13 +165,13 @@ class Choices:
             return False
         marks = ",".join("?" * len(tokens))
         return self.state.connection().execute(
-            f"SELECT 1 FROM optout_tokens WHERE token IN ({marks}) LIMIT 1", tokens).fetchone() is not None
+            f"SELECT 1 FROM {_LISTED} WHERE token IN ({marks}) LIMIT 1", tokens).fetchone() is not None
 
     def study_opted_out(self, study_key: str, tokens: Iterable[str] = ()) -> bool:
         """Marked already, or one of `tokens` (or of those recorded for it) is on the list."""
         row = self.state.connection().execute(
-            "SELECT opted_out_at IS NOT NULL OR EXISTS (SELECT 1 FROM study_patients p JOIN optout_tokens o"
-            " USING (token) WHERE p.study_key = ?) FROM studies WHERE study_key = ?", (study_key, study_key)).fetchone()
+            "SELECT opted_out_at IS NOT NULL OR EXISTS (SELECT 1 FROM study_patients p WHERE p.study_key = ?"
+            f" AND p.token IN {_LISTED}) FROM studies WHERE study_key = ?", (study_key, study_key)).fetchone()
         return bool(row and row[0]) or self.listed(tokens)
 
     def opted_out_pseudonyms(self, patient_token: Callable[[str], str]) -> set[str]:

@@ -68,6 +68,9 @@ def test_an_opted_out_patients_images_and_clinical_rows_never_reach_the_platform
         push(tmp_path, agent, opted + stays)
         report = wait_delivered(agent, 1)
         wait_for(lambda: agent.status()["studies"].get("excluded") == 1, 30, 0.3, "the opted-out study excluded")
+        # A later study of the same patient whose images carry only the hospital number.
+        push(tmp_path, agent, later := study_files(tmp_path / "pacs", replace(OPTED, other_id=""), 1))
+        wait_for(lambda: agent.status()["studies"].get("excluded") == 2, 30, 0.3, "the later study excluded")
         # The export keys rows by hospital number; the list has the NHS number: the images link them.
         drop_csv(agent, "export.csv", "\n".join((
             CSV_HEADER,
@@ -81,8 +84,8 @@ def test_an_opted_out_patients_images_and_clinical_rows_never_reach_the_platform
     assert len(stored) == len(stays) and {i.tags["PatientID"] for i in stored.values()} != {STAYS.patient_id}
     manifests = [json.loads(body) for body in clean_platform.put_files("manifests").values()]
     assert len(manifests) == 1 and manifests[0]["instance_count"] == len(stays)
-    assert status["instances"]["excluded"] == len(opted)
-    assert status["optout"]["studies"] == {"studies": 1, "unsettled": 0}
+    assert status["instances"]["excluded"] == len(opted) + len(later)
+    assert status["optout"]["studies"] == {"studies": 2, "unsettled": 0}
     assert not spool_left  # the excluded copies went once their study was settled, the delivered ones with it
     rows = list(csv.DictReader(io.StringIO(next(iter(clean_platform.put_files("clinical").values())).decode())))
     assert [r["patient_pseudonym"] for r in rows] == [next(iter(stored.values())).tags["PatientID"]]
