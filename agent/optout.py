@@ -13,6 +13,7 @@ taken as one: a match too many excludes data, a match too few would send it.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import hmac
 import re
@@ -99,14 +100,24 @@ def read_list(path: Path) -> OptOutFile:
     is a header. A line of several fields (a CSV) gives each field: a field too many can only
     exclude more. Problems name the line, never its content."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        data = path.read_bytes()
     except OSError as exc:
         raise OptOutListError(f"{path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
+    # Excel's "Unicode text" is UTF-16: taken as Windows-1252 its identifiers would hold NULs,
+    # match nobody, and every patient on the list would be sent.
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    text = None
+    for encoding in ("utf-16",) if utf16 else ("utf-8-sig", "cp1252"):
         try:
-            text = path.read_bytes().decode("cp1252")
+            text = data.decode(encoding)
+            break
         except UnicodeDecodeError:
-            raise OptOutListError(f"{path}: not text (UTF-8 or Windows-1252 expected)") from None
+            continue
+    if text is None:
+        raise OptOutListError(f"{path}: not text (UTF-8, UTF-16 or Windows-1252 expected)")
+    if "\x00" in text:
+        raise OptOutListError(f"{path}: holds NUL characters: not a text file of identifiers "
+                              "(UTF-16 without a byte order mark?)")
     found: set[str] = set()
     header_skipped = False
     lines = text.splitlines()
