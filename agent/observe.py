@@ -10,6 +10,7 @@ study keys are not labels either: one series per state or reason, not per study)
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -155,7 +156,8 @@ class ObserveServer:
         registry.register(collector)
         metrics.collect_into(registry)
         handler = _handler(registry, readiness)
-        self.server = ThreadingHTTPServer((config.observe.bind, config.observe.port), handler)
+        server_class = _IPv6Server if ":" in config.observe.bind else ThreadingHTTPServer  # observe.bind: ::1
+        self.server = server_class((config.observe.bind, config.observe.port), handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, name="observe", daemon=True)
@@ -167,6 +169,10 @@ class ObserveServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 def _handler(registry: CollectorRegistry, readiness: Readiness) -> type[BaseHTTPRequestHandler]:

@@ -40,3 +40,17 @@ def test_health_readiness_and_metrics_and_nothing_identifying_in_them(tmp_path: 
             if len(value) >= 4:
                 assert value not in metrics, value
         assert httpx.get(f"{base}/other").status_code == 404
+
+
+def test_the_endpoint_listens_on_an_ipv6_address(tmp_path: Path) -> None:
+    """observe.bind: ::1 (an IPv6-only monitoring network): the endpoint answers there."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    port = free_port()
+    with Daemon(tmp_path / "agent", observe__port=port, observe__bind="::1"):
+        assert httpx.get(f"http://[::1]:{port}/healthz").status_code == 200
