@@ -43,6 +43,8 @@ def check(path: Path, *, handshake: bool = False) -> list[Finding]:
     findings += _key(config)
     findings += _profile(config)
     findings += _folders(config)
+    findings += _database(config)
+    findings += _listening(config)
     client = None
     if config.platform.enabled:
         client, found = _platform(config)
@@ -122,6 +124,83 @@ def _folders(config: config_module.Config) -> list[Finding]:
             found.append(Finding("error", key, f"{folder} does not exist and {parent} is not writable by this user"))
         else:
             found.append(Finding("ok", key, f"{folder} will be created (0700)"))
+    return found
+
+
+def _database(config: config_module.Config) -> list[Finding]:
+    """The state database's files (private, this user's), its schema against this agent's, and
+    whether delivery waits for an opt-out list; read only, through a read-only connection."""
+    import sqlite3
+
+    from agent.deidentify.profile import optout_required
+    from agent.optout import OptOutPolicy
+    from agent.spool.state import SCHEMA_VERSION
+
+    database = config.pipeline.database
+    if not database.exists():
+        required = optout_required(config.pipeline.profile)
+        return [Finding("ok", "pipeline.database", f"{database} will be created"),
+                *([Finding("warning", "optout", "the profile makes the opt-out list mandatory: import it before "
+                           "going live (`nmip-agent optout import FILE`)")] if required and config.platform.enabled else [])]
+    found = []
+    for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        if not path.exists():
+            continue
+        st = path.stat()
+        if st.st_uid != os.geteuid():
+            found.append(Finding("error", "pipeline.database", f"{path} is owned by user id {st.st_uid}, not this "
+                                 f"user ({os.geteuid()}): run as the agent's user, or chown it"))
+        elif stat.S_IMODE(st.st_mode) & 0o077:
+            found.append(Finding("warning", "pipeline.database", f"{path} is mode {stat.S_IMODE(st.st_mode):04o}: "
+                                 "serve makes it 0600 (it holds the crosswalk)"))
+    try:
+        db = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
+        try:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            has_list = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'optout_imports'").fetchone()
+            imported = db.execute("SELECT MAX(at) FROM optout_imports").fetchone()[0] if has_list else None
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return found + [Finding("error", "pipeline.database", f"{database} cannot be read ({type(exc).__name__})")]
+    if version > SCHEMA_VERSION:
+        found.append(Finding("error", "pipeline.database", f"schema version {version} is newer than this agent's "
+                             f"({SCHEMA_VERSION}): run the agent version that wrote it, or restore a backup"))
+    elif version < SCHEMA_VERSION:
+        found.append(Finding("warning", "pipeline.database", f"schema version {version}: serve takes it to "
+                             f"{SCHEMA_VERSION} at its next start, keeping a copy as it was"))
+    else:
+        found.append(Finding("ok", "pipeline.database", f"{database} (schema version {version})"))
+    if config.platform.enabled:
+        held = OptOutPolicy(optout_required(config.pipeline.profile), config.optout.max_age_days).problem(imported)
+        found.append(Finding("error", "optout", f"delivery held: {held}") if held else
+                     Finding("ok", "optout", "the opt-out list is current" if imported else "not required"))
+    return found
+
+
+def _listening(config: config_module.Config) -> list[Finding]:
+    """receive.port (and observe.port) can be listened on, unless the agent itself holds them."""
+    import socket
+
+    from agent.notify import RunningLock
+
+    if RunningLock(config.pipeline.database).holder() is not None:
+        return [Finding("ok", "receive.port", "the agent is running and holds its ports")]
+    found = []
+    for key, address, port in (("receive.port", config.receive.bind_address, config.receive.port),
+                               ("observe.port", config.observe.bind, config.observe.port)):
+        if not port:
+            continue
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except PermissionError:
+                continue  # a port below 1024: said below, the unit grants it
+            except OSError as exc:
+                found.append(Finding("error", key, f"{address}:{port} cannot be listened on ({exc.strerror}): "
+                                     "another program holds it, or the address is not this host's"))
     return found
 
 

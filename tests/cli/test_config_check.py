@@ -112,3 +112,34 @@ def test_the_receive_certificate_is_loaded_matched_and_its_expiry_shown(tmp_path
     pki.server_key.chmod(0o644)
     run = nmip("config", "check", "--config", path, cwd=tmp_path)
     assert run.returncode == 2 and "error   receive.tls: " in run.stdout and "receive.tls.key" in run.stdout, run.output
+
+
+def test_a_port_another_program_holds_and_a_database_of_a_newer_agent_are_errors(tmp_path: Path) -> None:
+    import socket
+    import sqlite3
+
+    path = _config(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        data["receive"] = {"bind_address": "127.0.0.1", "port": holder.getsockname()[1]}
+        data["pipeline"]["database"] = str(tmp_path / "state.sqlite")
+        path.write_text(yaml.safe_dump(data))
+        db = sqlite3.connect(tmp_path / "state.sqlite")
+        db.execute("PRAGMA user_version = 999")
+        db.close()
+        (tmp_path / "state.sqlite").chmod(0o644)
+        run = nmip("config", "check", "--config", path, cwd=tmp_path)
+    assert run.returncode == 2, run.output
+    assert "error   receive.port" in run.stdout and "cannot be listened on" in run.stdout
+    assert "schema version 999 is newer than this agent's" in run.stdout
+    assert "mode 0644" in run.stdout
+    assert oct((tmp_path / "state.sqlite").stat().st_mode & 0o777) == "0o644"  # config check changes nothing
+
+
+def test_delivery_without_an_opt_out_list_is_named_before_going_live(tmp_path: Path) -> None:
+    path = _config(tmp_path, dicomweb_url="https://127.0.0.1:1/dicom-web", manifest_url="https://127.0.0.1:1/m",
+                   ca_bundle=str(tmp_path / "missing-ca.pem"), token_file=str(tmp_path / "token"))
+    run = nmip("config", "check", "--config", path, cwd=tmp_path)
+    assert "warning optout" in run.stdout and "optout import" in run.stdout, run.stdout
