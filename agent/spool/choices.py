@@ -130,9 +130,12 @@ class Choices:
             added, removed = len(new - old), len(old - new)
             db.execute("INSERT INTO optout_imports (at, entries, added, removed, operator) VALUES (?, ?, ?, ?, ?)",
                        (now, len(new), added, removed, operator))
+            # `_LISTED`, not `new` alone: a hospital number a later study linked to a listed NHS
+            # number also finds the studies de-identified before tokens were recorded.
+            listed = {r[0] for r in db.execute(f"SELECT token FROM {_LISTED}")}
             pseudonyms = [id_new for id_old, id_new in
                           db.execute("SELECT id_old, id_new FROM crosswalk WHERE kind = 'patient'")
-                          if patient_token(id_old) in new]
+                          if patient_token(id_old) in listed]
             found = db.execute(
                 "UPDATE studies SET opted_out_at = ? WHERE opted_out_at IS NULL AND study_key IN"
                 f" (SELECT p.study_key FROM study_patients p WHERE p.token IN {_LISTED})", (now,)).rowcount
@@ -176,9 +179,11 @@ class Choices:
 
     def opted_out_pseudonyms(self, patient_token: Callable[[str], str]) -> set[str]:
         """Pseudonyms of patients on the list (for pseudonymised clinical rows queued before an
-        import): by the crosswalk's Patient IDs, and by the studies marked."""
+        import): by the crosswalk's Patient IDs taken as listed (`_LISTED`: a hospital number
+        linked to a listed NHS number too, even when its study was all held and has no
+        pseudonym), and by the studies marked."""
         db = self.state.connection()
-        listed = {r[0] for r in db.execute("SELECT token FROM optout_tokens")}
+        listed = {r[0] for r in db.execute(f"SELECT token FROM {_LISTED}")}
         found = {id_new for id_old, id_new in db.execute("SELECT id_old, id_new FROM crosswalk WHERE kind = 'patient'")
                  if patient_token(id_old) in listed}
         found |= {r[0] for r in db.execute("SELECT pseudonym FROM studies WHERE opted_out_at IS NOT NULL"
