@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import pytest
 
-from agent.clinical import ClinicalSchema, RefusedReason, RowProblem
+from agent.clinical import ClinicalSchema, RefusedReason, RowProblem, pseudonymise_table
 from agent.deidentify.pseudonym import Pseudonymiser
+from agent.keys import SiteKey
 from tests.clinical.conftest import rows, schema_from, table
 
 HEADER = "hospital_number,admission_date,age,sex,crp_mg_l,outcome,gp_notes,surname"
@@ -257,3 +259,41 @@ def test_header_only_file_gives_an_empty_table(schema: ClinicalSchema, pseudonym
     result = table(HEADER + "\n", schema, pseudonyms)
     assert result.refused is None and (result.rows_in, result.rows_out) == (0, 0)
     assert result.csv == b"patient_pseudonym,admission_date,age,sex,crp_mg_l,outcome\r\n"
+
+
+def test_rows_of_patients_on_the_opt_out_list_are_left_out(pseudonyms: Pseudonymiser, site_key: SiteKey,
+                                                            tmp_path: Path) -> None:
+    """By the patient ID (written otherwise on the list) or by an identifying NHS-number column:
+    the row is left out, counted, reported by row number only, and nothing of it is in the output."""
+    from agent import optout
+    from agent.clinical import write_rejects_report
+
+    key = site_key
+    schema = schema_from("""
+patient_id: {column: mrn, issuer: RXX01}
+columns:
+  nhs_number: {drop: true, identifying: true}
+  crp_mg_l: {type: number, range: [0, 1000]}
+""")
+    text = ("mrn,nhs_number,crp_mg_l\nRXX100001,9434765919,12\nRXX100002,5550001111,13\n"
+            "RXX100003,4010232137,14\nRXX100004,,15\n")
+    assert table(text, schema, pseudonyms).rows_out == 4  # without a list, every row goes
+    listed = optout.matcher(key, optout.tokens(key, ["rxx-100002", "401 023 2137"]))
+    result = pseudonymise_table(text.encode(), schema, pseudonyms, listed)
+    assert result.refused is None
+    assert (result.rows_in, result.rows_out, result.rows_opted_out, result.rows_rejected) == (4, 2, 2, 2)
+    assert [(p.row, p.problem) for p in result.rejects] == [(3, "the patient is on the opt-out list"),
+                                                            (4, "the patient is on the opt-out list")]
+    kept = {pseudonyms.patient_pseudonym("RXX100001"), pseudonyms.patient_pseudonym("RXX100004")}
+    assert {row["patient_pseudonym"] for row in rows(result)} == kept == result.pseudonyms
+    assert set(result.patients) == {"RXX100001", "RXX100004"}  # the crosswalk never gets the others
+    output = result.csv.decode()
+    assert sorted(row["crp_mg_l"] for row in rows(result)) == ["12", "15"]
+    for gone in ("RXX100002", "RXX100003", "5550001111", "4010232137",
+                 pseudonyms.patient_pseudonym("RXX100002"), pseudonyms.patient_pseudonym("RXX100003")):
+        assert gone not in output
+    report = write_rejects_report(tmp_path, "batch", result)
+    assert report is not None
+    written = report.read_text(encoding="utf-8")
+    assert written.count("the patient is on the opt-out list") == 2
+    assert not any(value in written for value in ("RXX10000", "5550001111", "4010232137"))
