@@ -130,11 +130,29 @@ def read_list(path: Path) -> OptOutFile:
             header_skipped = True
             continue
         for value in fields:
-            if len(normalise(value)) > MAX_IDENTIFIER:
-                raise OptOutListError(f"{path}, line {number}: longer than a patient identifier "
-                                      f"({MAX_IDENTIFIER} characters): one identifier per line is expected")
+            problem = _unusable(value)
+            if problem:
+                raise OptOutListError(f"{path}, line {number}: {problem}; nothing was imported, the list in force "
+                                      "stays")
             found.add(value)
     return OptOutFile(frozenset(found), len(lines), header_skipped)
+
+
+_SHORTENED_NUMBER = re.compile(r"\d(\.\d*)?E\+?\d+", re.IGNORECASE)
+
+
+def _unusable(value: str) -> str | None:
+    """Why a field cannot be taken as one identifier (it would match nobody: that patient's data
+    would be sent), or None. Said without the value."""
+    if len(normalise(value)) > MAX_IDENTIFIER:
+        return f"longer than a patient identifier ({MAX_IDENTIFIER} characters): one identifier per line is expected"
+    if _SHORTENED_NUMBER.fullmatch(value.strip()):
+        return "a number a spreadsheet shortened (as 9.43E+09): export the column as text"
+    parts = value.split()
+    if len(parts) > 1 and any(part.isalpha() and len(part) >= 4 for part in parts):
+        return ("two values separated by a space (an identifier and a name?): one identifier per line, or "
+                "fields separated by commas")
+    return None
 
 
 def _is_header(fields: list[str]) -> bool:

@@ -73,9 +73,12 @@ class Retraction:
 # -- inside another transaction of State's -------------------------------------------------------
 
 
-def record_patients(db: sqlite3.Connection, study_key: str, tokens: Iterable[str], now: float) -> bool:
+def record_patients(db: sqlite3.Connection, study_key: str, tokens: Iterable[str], now: float,
+                    pseudonym: str | None = None) -> bool:
     """Keep a study's patient tokens; mark it if one of them is on the list. True when it is
-    (or was already) opted out."""
+    (or was already) opted out. A study marked here may link the list to an identifier the
+    patient's other studies carry (a hospital number beside a listed NHS number): those, and
+    the studies of the same pseudonym, are marked with it, to be settled and retracted too."""
     tokens = sorted(set(tokens))
     db.executemany("INSERT OR IGNORE INTO study_patients (study_key, token) VALUES (?, ?)",
                    [(study_key, t) for t in tokens])
@@ -85,6 +88,15 @@ def record_patients(db: sqlite3.Connection, study_key: str, tokens: Iterable[str
         (now, study_key, study_key)).rowcount
     if marked:
         _event(db, now, study_key, "study_opted_out", "found at de-identification")
+        pseudonym = pseudonym or (db.execute("SELECT pseudonym FROM studies WHERE study_key = ?",
+                                             (study_key,)).fetchone() or (None,))[0]
+        for (other,) in db.execute(
+                "SELECT study_key FROM studies WHERE opted_out_at IS NULL AND (study_key IN"
+                " (SELECT other.study_key FROM study_patients mine JOIN study_patients other USING (token)"
+                "  WHERE mine.study_key = ?) OR (? IS NOT NULL AND pseudonym = ?))",
+                (study_key, pseudonym, pseudonym)).fetchall():
+            db.execute("UPDATE studies SET opted_out_at = ? WHERE study_key = ?", (now, other))
+            _event(db, now, other, "study_opted_out", "linked to a study of a patient on the list")
     row = db.execute("SELECT opted_out_at FROM studies WHERE study_key = ?", (study_key,)).fetchone()
     return row is not None and row[0] is not None
 

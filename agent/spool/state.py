@@ -420,7 +420,7 @@ class State:
                     self._audit(db, now, study_key, sop_key, "instance_quarantined", "series_quarantined")
             db.executemany("INSERT OR IGNORE INTO crosswalk (kind, id_old, id_new) VALUES (?, ?, ?)", crosswalk)
             # An import made since the pipeline looked marks the study here: the forwarder then never sends it.
-            choices.record_patients(db, study_key, patient_tokens, now)
+            choices.record_patients(db, study_key, patient_tokens, now, pseudonym)
             row = db.execute("SELECT state FROM studies WHERE study_key = ?", (study_key,)).fetchone()
             if row is not None and row[0] != "stable":
                 return str(row[0]), excluded  # reopened by a new instance meanwhile: processed again

@@ -136,7 +136,8 @@ def test_an_nhs_number_on_the_list_takes_the_hospital_number_seen_with_it(state:
     _received(state, "S", ["a"])
     _finish(state, "S", {"a": "deidentified"}, tokens=optout.tokens(site_key, [HOSPITAL, NHS]))
     _received(state, "T", ["t"], at=5000.0)
-    _finish(state, "T", {"t": "deidentified"}, tokens=optout.tokens(site_key, [OTHER]), output_study="2.25.2")
+    _finish(state, "T", {"t": "deidentified"}, tokens=optout.tokens(site_key, [OTHER]), output_study="2.25.2",
+            pseudonym="PSEUDO-2")  # another patient
     choices = Choices(state)
     _import(choices, site_key, NHS)
     listed = choices.listed_tokens()
@@ -348,3 +349,28 @@ def test_an_earlier_study_without_tokens_is_found_through_the_hospital_number_li
     assert summary.studies_found == 2 and summary.retractions_queued == 1
     assert state.study("OLD").opted_out_at is not None  # type: ignore[union-attr]
     assert _retractions(state) == [("2.25.1", "OLD")]
+
+
+def test_a_study_that_links_the_list_to_a_hospital_number_marks_the_patients_earlier_studies(
+        state: State, site_key: SiteKey) -> None:
+    """The list names the NHS number; the patient's earlier study, delivered, carried only the
+    hospital number. The study that carries both marks the earlier one, which is then settled
+    and retracted; another patient's study is not touched."""
+    choices = Choices(state)
+    _import(choices, site_key, NHS)
+    _received(state, "EARLY", ["e"])
+    _finish(state, "EARLY", {"e": "deidentified"}, tokens=optout.tokens(site_key, [HOSPITAL]),
+            pseudonym="PSEUDO-1", output_study="2.25.10")
+    state.record_sent("EARLY", {"e": (SHA, 100)}, {})
+    _received(state, "OTHER", ["o"], at=3000.0)
+    _finish(state, "OTHER", {"o": "deidentified"}, tokens=optout.tokens(site_key, [OTHER]), pseudonym="PSEUDO-2",
+            output_study="2.25.20")
+    _received(state, "LATER", ["l"], at=5000.0)
+    _finish(state, "LATER", {"l": "deidentified"}, tokens=optout.tokens(site_key, [HOSPITAL, NHS]),
+            pseudonym="PSEUDO-1", output_study="2.25.30")
+    assert state.study("EARLY").opted_out_at is not None  # type: ignore[union-attr]
+    assert state.study("OTHER").opted_out_at is None  # type: ignore[union-attr]
+    for study in choices.unsettled():
+        choices.settle(study)
+    assert _retractions(state) == [("2.25.10", "EARLY")]  # the only one with something sent
+    assert state.due_studies(now=10**10) == ["OTHER"]

@@ -197,3 +197,21 @@ def test_shipped_profiles_say_whether_the_list_is_mandatory(profile: str, requir
 
     assert shipped(profile).optout_required is required
     assert optout_required(profile) is required
+
+
+@pytest.mark.parametrize("line", ["9434765919 Smith", "SMITH 9434765919", "9.43477E+09", "9.4E9"])
+def test_a_line_that_would_match_nobody_refuses_the_import_without_quoting_it(tmp_path: Path, line: str) -> None:
+    """An identifier run into a name, or an NHS number a spreadsheet shortened, would match no
+    patient and let their data go: the import is refused, naming the line, not its content."""
+    path = tmp_path / "optouts.txt"
+    path.write_text(f"NHS Number\n4010232137\n{line}\n")
+    with pytest.raises(OptOutListError, match="line 3") as refused:
+        read_list(path)
+    assert "9434765919" not in str(refused.value) and "SMITH" not in str(refused.value).upper().replace(
+        "SPREADSHEET", "")
+
+
+def test_spaced_nhs_numbers_and_prefixed_hospital_numbers_are_taken(tmp_path: Path) -> None:
+    path = tmp_path / "optouts.txt"
+    path.write_text("943 476 5919\nRXX 100001\n")
+    assert read_list(path).identifiers == {"943 476 5919", "RXX 100001"}
