@@ -29,9 +29,13 @@ from agent.keys import SiteKey
 
 MAX_IDENTIFIER = 64  # a Patient ID is LO: 64 characters
 _DOMAIN = b"nmip-agent/opt-out v1\0"
-_IGNORED = re.compile(r"[\s\-]+")
+_IGNORED = re.compile(r"[\s\-\u2010-\u2015\u2212\x00]+")  # spaces, hyphens and dashes, NUL padding
 _FIELD_SEPARATORS = re.compile(r"[,;\t|]")
-_HEADER_WORDS = re.compile(r"(nhs|patient|hospital|number|identifier|\bids?\b|mrn|opt|no\.?$)", re.IGNORECASE)
+_HEADER_WORDS = re.compile(r"(nhs|patient|hospital|number|identifier|\bids?\b|mrn|opt)", re.IGNORECASE)
+#: Patient IDs a PACS gives patients it does not know. Two studies with one of these are not one
+#: patient's: an opt-out found in one never reaches the other through it.
+_PLACEHOLDERS = frozenset({"UNKNOWN", "UNK", "ANON", "ANONYMOUS", "NONE", "NULL", "NA", "N/A", "TEMP", "TEST", "NOID",
+                           "NOPID", "NOTKNOWN", "NOTGIVEN", "EMERGENCY", "TRAUMA"})
 
 
 class OptOutListError(AgentError):
@@ -39,7 +43,16 @@ class OptOutListError(AgentError):
 
 
 def normalise(identifier: str) -> str:
-    return _IGNORED.sub("", identifier.strip().strip('"').strip()).upper()
+    """Case, spaces, hyphens and dashes, quotes, NUL padding and a spreadsheet's text apostrophe
+    are not told apart."""
+    return _IGNORED.sub("", identifier.strip().strip("\x00").strip('"').strip().lstrip("'")).upper()
+
+
+def is_placeholder(patient_id: str) -> bool:
+    """A Patient ID that does not name one patient: empty, a word for unknown, or one character
+    repeated (0000000000)."""
+    value = normalise(patient_id)
+    return len(value) < 3 or value in _PLACEHOLDERS or len(set(value)) == 1
 
 
 def token(key: SiteKey, identifier: str) -> str:
@@ -54,13 +67,24 @@ def tokens(key: SiteKey, identifiers: Iterable[str]) -> frozenset[str]:
     return frozenset(t for t in (token(key, i) for i in identifiers) if t)
 
 
-def matcher(key: SiteKey, listed: frozenset[str]) -> Callable[[str], bool]:
-    """Is an identifier on the list (`listed`: its tokens, read once for a whole file)?"""
-    return lambda identifier: bool(listed) and token(key, identifier) in listed
+def matcher(key: SiteKey, listed: frozenset[str], links: frozenset[str] = frozenset(),
+            link_of: Callable[[str], str] | None = None) -> Callable[[str], bool]:
+    """Is an identifier on the list (`listed`: its tokens), or the Patient ID of a patient with a
+    study found opted out (`links`, by `link_of`: its pseudonym)? Read once for a whole file."""
+    def opted_out(identifier: str) -> bool:
+        if listed and token(key, identifier) in listed:
+            return True
+        return bool(links) and link_of is not None and not is_placeholder(identifier) and link_of(identifier) in links
+    return opted_out
+
+
+class IdentifiersUnreadable(Exception):
+    """A patient identifier element that cannot be read: whether the patient opted out cannot be told."""
 
 
 def identifiers_of(ds: Dataset) -> set[str]:
-    """Every patient identifier an instance carries; a damaged value is skipped, not fatal."""
+    """Every patient identifier an instance carries; IdentifiersUnreadable when one of the
+    elements cannot be read (an NHS number may be in it: not knowing is not "not listed")."""
     found: set[str] = set()
     for keyword in ("PatientID", "OtherPatientIDs"):
         found.update(_values(ds, keyword))
@@ -68,16 +92,18 @@ def identifiers_of(ds: Dataset) -> set[str]:
         items = ds.get("OtherPatientIDsSequence") or []
         for item in items:
             found.update(_values(item, "PatientID"))
+    except IdentifiersUnreadable:
+        raise
     except Exception:  # a damaged sequence: its Patient IDs cannot be read
-        pass
-    return {value for value in found if value.strip()}
+        raise IdentifiersUnreadable("Other Patient IDs Sequence") from None
+    return {value for value in found if normalise(value)}
 
 
 def _values(ds: Dataset, keyword: str) -> list[str]:
     try:
         value = ds.get(keyword)
     except Exception:  # a value that does not decode
-        return []
+        raise IdentifiersUnreadable(keyword) from None
     if value is None:
         return []
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
@@ -129,6 +155,10 @@ def read_list(path: Path) -> OptOutFile:
         if not found and not header_skipped and _is_header(fields):
             header_skipped = True
             continue
+        if len(fields) > 1 and not all(_identifier_like(f) for f in fields):
+            raise OptOutListError(f"{path}, line {number}: a column that is not an identifier (a flag, a date, a "
+                                  "name?): every field of a line is taken as an identifier, so export the "
+                                  "identifiers alone; nothing was imported, the list in force stays")
         for value in fields:
             problem = _unusable(value)
             if problem:
@@ -139,6 +169,8 @@ def read_list(path: Path) -> OptOutFile:
 
 
 _SHORTENED_NUMBER = re.compile(r"\d(\.\d*)?E\+?\d+", re.IGNORECASE)
+_DECIMAL_NUMBER = re.compile(r"\d+\.0+|\d+(\.\d+)+")  # 9434765919.0 (a float export), 943.476.5919
+_DATE = re.compile(r"\d{1,4}[/.\-]\d{1,2}[/.\-]\d{1,4}")
 
 
 def _unusable(value: str) -> str | None:
@@ -148,11 +180,20 @@ def _unusable(value: str) -> str | None:
         return f"longer than a patient identifier ({MAX_IDENTIFIER} characters): one identifier per line is expected"
     if _SHORTENED_NUMBER.fullmatch(value.strip()):
         return "a number a spreadsheet shortened (as 9.43E+09): export the column as text"
+    if _DECIMAL_NUMBER.fullmatch(value.strip()):
+        return "a number with a decimal point (as 9434765919.0): export the column as text"
     parts = value.split()
     if len(parts) > 1 and any(part.isalpha() and len(part) >= 4 for part in parts):
         return ("two values separated by a space (an identifier and a name?): one identifier per line, or "
                 "fields separated by commas")
     return None
+
+
+def _identifier_like(field: str) -> bool:
+    """A field of a several-column line that can be an identifier: digits in it, five characters
+    at least, not a date (a Y/N flag or an opt-out date would exclude patients who did not)."""
+    value = normalise(field)
+    return len(value) >= 5 and any(ch.isdigit() for ch in value) and not _DATE.fullmatch(field.strip())
 
 
 def _is_header(fields: list[str]) -> bool:

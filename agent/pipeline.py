@@ -36,6 +36,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sqlite3
 import shutil
 import threading
 import time
@@ -82,6 +83,7 @@ class InstanceResult:
     output_study: str = ""
     crosswalk: tuple[tuple[str, str, str], ...] = ()
     patient_tokens: frozenset[str] = frozenset()  # keyed: matched against the opt-out list
+    patient_link: str = ""  # the patient's pseudonym, when the Patient ID names one patient
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,31 @@ class WorkersUnavailable(Exception):
     nothing is refused for it; the round fails, loudly, and is tried again."""
 
 
+class OptOutProbe:
+    """A worker's look at the opt-out list before it de-identifies anything (read only): an
+    instance of a patient on it goes no further. The pipeline decides again when it records the
+    study, so a probe that cannot read the database only costs the work."""
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self._db: sqlite3.Connection | None = None
+
+    def __call__(self, tokens: frozenset[str], link: str) -> bool:
+        try:
+            if self._db is None:
+                self._db = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=5)
+            db = self._db
+            if tokens and db.execute(f"SELECT 1 FROM optout_tokens WHERE token IN ({','.join('?' * len(tokens))})"
+                                     " LIMIT 1", sorted(tokens)).fetchone():
+                return True
+            return bool(link) and db.execute("SELECT 1 FROM studies WHERE patient_link = ? AND opted_out_at IS NOT"
+                                             " NULL LIMIT 1", (link,)).fetchone() is not None
+        except sqlite3.Error:
+            return False
+
+
 def _init_worker(profile: str, key_file: Path, daemon_pid: int, limits: Limits,
-                 expected: tuple[str, str] | None = None) -> None:
+                 expected: tuple[str, str] | None = None, database: Path | None = None) -> None:
     global _processor
     name_process("nmip-deidentify")
     # Ctrl-C in the terminal reaches the whole process group: the daemon stops its workers itself,
@@ -127,6 +152,8 @@ def _init_worker(profile: str, key_file: Path, daemon_pid: int, limits: Limits,
         # A replacement worker must apply what the daemon started with (and its manifests state).
         raise RuntimeError("the profile or the key changed on disk since the agent started: restart it")
     _processor = InstanceProcessor(loaded, key, limits=limits)
+    if database is not None:
+        _processor.opted_out = OptOutProbe(database)
     threading.Thread(target=_exit_with, args=(daemon_pid,), name="watch-daemon", daemon=True).start()
 
 
@@ -154,15 +181,15 @@ def deidentify_spooled(sop_key: str, spool_path: str, staging: str) -> InstanceR
                 outcome = _processor.process(Path(spool_path).read_bytes(), sop_key)
     except (UnreadableInput, OSError) as exc:
         return InstanceResult(sop_key, False, reason=Reason.UNREADABLE.value, detail=type(exc).__name__)
-    patients = outcome.patient_tokens
+    patients, link = outcome.patient_tokens, outcome.patient_link
     if outcome.status == "excluded" and outcome.refusal is not None:
         return InstanceResult(sop_key, False, excluded=True, series_key=outcome.series_key,
                               reason=outcome.refusal.reason.value, detail=outcome.refusal.detail,
-                              patient_tokens=patients)
+                              patient_tokens=patients, patient_link=link)
     if outcome.status != "passed" or outcome.result is None or outcome.encoded is None:
         refusal = outcome.refusal or Refusal(Reason.DEIDENTIFICATION_FAILED, outcome.skip_reason or "skipped")
         return InstanceResult(sop_key, False, series_key=outcome.series_key, reason=refusal.reason.value,
-                              detail=refusal.detail, patient_tokens=patients)
+                              detail=refusal.detail, patient_tokens=patients, patient_link=link)
     relative = outcome.relative_path
     write_atomically(Path(staging) / relative, outcome.encoded)
     result = outcome.result
@@ -170,7 +197,7 @@ def deidentify_spooled(sop_key: str, spool_path: str, staging: str) -> InstanceR
     pairs += [("uid", old, new) for old, new in result.uid_map.items()]
     return InstanceResult(sop_key, True, series_key=outcome.series_key, output=str(relative),
                           pseudonym=result.patient_pseudonym, output_study=str(result.dataset.StudyInstanceUID),
-                          crosswalk=tuple(pairs), patient_tokens=patients)
+                          crosswalk=tuple(pairs), patient_tokens=patients, patient_link=link)
 
 
 class Pipeline:
@@ -201,7 +228,7 @@ class Pipeline:
         for folder in (outbox, quarantine_dir):  # made, or made private if it existed already
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             folder.chmod(0o700)
-        self._pool_args = (profile, key_file, os.getpid(), limits, expected)
+        self._pool_args = (profile, key_file, os.getpid(), limits, expected, state.path)
         self._pool_retry_at = 0.0  # after new workers failed to start: not before this time
         self.pool = self._new_pool()
         self._attempts: dict[str, Attempt] = {}  # sop_key -> its latest attempt, until its study is done
@@ -288,7 +315,10 @@ class Pipeline:
         self._backlog.clear()  # a study in it may be about to become stable
         self._next_quiet_at = None  # until this round has looked (a failed round polls at the interval)
         for study_key in self.choices.unsettled():
-            self.settle_opted_out(study_key)
+            try:
+                self.settle_opted_out(study_key)
+            except Exception as exc:  # one study's copy that cannot go must not stop every round
+                _log.error("opt_out_settle_failed", study_key=study_key, error=type(exc).__name__)
         for study_key in self.state.mark_stable(self.quiet_period_s, now):
             _log.info("study_stable", study_key=study_key)
         done = 0
@@ -455,7 +485,8 @@ class Pipeline:
         instances are only recorded. Then one transaction. Returns the study's state, how many
         instances are held, those published, and how many excluded."""
         patients = frozenset(t for r in results for t in r.patient_tokens)
-        if self.choices.study_opted_out(study_key, patients):
+        link = next((r.patient_link for r in results if r.patient_link), "")
+        if self.choices.study_opted_out(study_key, patients, link):
             results = [_opted_out(r) for r in results]
         series = {row.sop_key: row.series_key or "" for row in rows}
         for r in results:
@@ -504,6 +535,7 @@ class Pipeline:
             expected_received_at={row.sop_key: row.received_at for row in rows},
             hold={row.sop_key: holding.detail for row in unsent},
             patient_tokens=patients,
+            patient_link=link or None,
         )
         for row in unsent:
             if self.state.still_in(row.sop_key, "quarantined", row.received_at):
@@ -562,7 +594,7 @@ def _opted_out(result: InstanceResult) -> InstanceResult:
     the staging folder."""
     return InstanceResult(result.sop_key, False, excluded=True, series_key=result.series_key,
                           reason=Reason.OPTED_OUT.value, detail="the patient is on the opt-out list",
-                          patient_tokens=result.patient_tokens)
+                          patient_tokens=result.patient_tokens, patient_link=result.patient_link)
 
 
 def outbox_bytes(outbox: Path) -> int:

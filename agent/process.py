@@ -10,7 +10,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -47,6 +47,7 @@ class Outcome:
     skip_reason: str = ""
     series_key: str = ""
     patient_tokens: frozenset[str] = frozenset()  # keyed, for the opt-out list (agent/optout.py)
+    patient_link: str = ""  # the patient's pseudonym, "" when the Patient ID names nobody in particular
 
     @property
     def relative_path(self) -> Path:
@@ -90,6 +91,9 @@ class InstanceProcessor:
         self.profile = profile
         self.limits = limits
         self.key = key
+        # Set by the daemon's workers: is this patient (tokens, link) on the opt-out list now?
+        # Then nothing more is done with the instance. The pipeline decides again when it records it.
+        self.opted_out: Callable[[frozenset[str], str], bool] | None = None
         self.deidentifier = Deidentifier(profile, key, clean_text=clean_text, limits=limits)
         self.pixels = burnedin.PixelCleaner(profile, self.deidentifier.scanner)
 
@@ -118,16 +122,37 @@ class InstanceProcessor:
     def too_large(self, header: Dataset, size: int, opaque: str) -> Outcome:
         """An instance past `max_instance_mb`, judged by its header: excluded when out of scope
         (a long video the profile does not take), quarantined otherwise."""
-        series, patients = self.series_key(header), self.patient_tokens(header)
+        series = self.series_key(header)
+        patient = self._patient(header, opaque, series)
+        if isinstance(patient, Outcome):
+            return patient
         excluded = self._exclusion(header)
         if excluded is not None:
-            return Outcome("excluded", refusal=excluded, opaque_name=opaque, series_key=series, patient_tokens=patients)
+            return Outcome("excluded", refusal=excluded, opaque_name=opaque, series_key=series,
+                           patient_tokens=patient[0], patient_link=patient[1])
         refusal = Refusal(Reason.RESOURCE_LIMIT, f"max_instance_mb: {size >> 20} MB")
-        return Outcome("quarantined", refusal=refusal, opaque_name=opaque, series_key=series, patient_tokens=patients)
+        return Outcome("quarantined", refusal=refusal, opaque_name=opaque, series_key=series,
+                       patient_tokens=patient[0], patient_link=patient[1])
 
-    def patient_tokens(self, ds: Dataset) -> frozenset[str]:
-        """The keyed tokens of the patient's identifiers, matched against the opt-out list."""
-        return optout.tokens(self.key, optout.identifiers_of(ds))
+    def _patient(self, ds: Dataset, opaque: str, series: str) -> tuple[frozenset[str], str] | Outcome:
+        """The patient's opt-out tokens and link; an Outcome instead when the instance goes no
+        further: excluded (the patient is on the opt-out list) or quarantined (an identifier
+        element cannot be read, so whether they are cannot be told)."""
+        try:
+            identifiers = optout.identifiers_of(ds)
+        except optout.IdentifiersUnreadable as exc:
+            if self.opted_out is None:  # a dry run or a batch: no list is checked
+                return frozenset(), ""
+            refusal = Refusal(Reason.UNREADABLE, f"{exc}: cannot be read, so the opt-out list cannot be checked")
+            return Outcome("quarantined", refusal=refusal, opaque_name=opaque, series_key=series)
+        tokens = optout.tokens(self.key, identifiers)
+        patient_id = str(ds.get("PatientID", "") or "")
+        link = "" if optout.is_placeholder(patient_id) else \
+            self.deidentifier.pseudonyms.patient_pseudonym(patient_id)
+        if self.opted_out is not None and self.opted_out(tokens, link):
+            return Outcome("excluded", refusal=Refusal(Reason.OPTED_OUT, "the patient is on the opt-out list"),
+                           opaque_name=opaque, series_key=series, patient_tokens=tokens, patient_link=link)
+        return tokens, link
 
     def series_key(self, ds: Dataset) -> str:
         """The source series' keyed name ("" when it has none a string can be made of)."""
@@ -173,12 +198,16 @@ class InstanceProcessor:
             raise
         except Exception as exc:  # a damaged meta group or UID: pydicom raises many types, quoting values
             raise UnreadableInput(where, exc) from None
-        series, patients = self.series_key(ds), self.patient_tokens(ds)  # before anything changes ds
-        excluded = self._exclusion(ds)  # scope first: nothing more is done with what is not taken
+        series = self.series_key(ds)
+        patient = self._patient(ds, opaque, series)  # first: an opted-out patient's instance goes no further
+        if isinstance(patient, Outcome):
+            return patient
+        excluded = self._exclusion(ds)  # scope next: nothing more is done with what is not taken
         if excluded is not None:
-            return Outcome("excluded", refusal=excluded, opaque_name=opaque, series_key=series, patient_tokens=patients)
+            return Outcome("excluded", refusal=excluded, opaque_name=opaque, series_key=series,
+                           patient_tokens=patient[0], patient_link=patient[1])
         outcome = self._deidentify(ds, opaque, record=record)
-        outcome.series_key, outcome.patient_tokens = series, patients
+        outcome.series_key, (outcome.patient_tokens, outcome.patient_link) = series, patient
         return outcome
 
     def _deidentify(self, ds: Dataset, opaque: str, *, record: bool) -> Outcome:

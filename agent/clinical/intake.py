@@ -88,7 +88,8 @@ class ClinicalIntake:
         return taken
 
     def take(self, path: Path) -> str:
-        opted_out = None if self.key is None else optout.matcher(self.key, self.choices.listed_tokens())
+        opted_out = None if self.key is None else optout.matcher(
+            self.key, self.choices.listed_tokens(), self.choices.marked_links(), self.pseudonyms.patient_pseudonym)
         prepared = prepare_file(path, self.schema, self.pseudonyms, self.config.rejects, read=self.drop.read,
                                 opted_out=opted_out)
         batch, result = prepared.batch, prepared.result

@@ -270,6 +270,7 @@ class Forwarder:
             by_uid[uid] = (row, path)
             outgoing.append(OutgoingInstance(uid, str(header.SOPClassUID), path=path))
         attempts = self.state.delivery_attempts(study_key)
+        self.state.delivery_started(study_key)  # before the first request: from now on it may be there
         delivery = deliver_study(self.client, outgoing, self.client.config.batch_size, on_request=self.heartbeat.beat,
                                  reject_unacknowledged=attempts + 1 >= UNACKNOWLEDGED_ATTEMPTS,
                                  proceed=lambda: not self.choices.study_opted_out(study_key))

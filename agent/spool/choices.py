@@ -2,15 +2,24 @@
 left to settle for a patient who opted out, retraction notices, and the access log.
 
 Only keyed tokens are kept (agent/optout.py): `optout_tokens` is the list, `study_patients` the
-tokens of each study's patient identifiers, so a later import finds the studies it concerns. A
-study found opted out is marked (`studies.opted_out_at`) in the same transaction that finds
-it, whichever comes first, the import or the study; the daemon then settles it: nothing more
-is sent, its identifiable copies go, and if anything had been sent a retraction notice is queued
-(`record_sent` queues one too for a batch that was in flight when the mark was made).
+tokens of each study's patient identifiers, so a later import finds the studies it concerns.
+A study is its patient's opt-out when one of its identifiers is on the list, or when another
+study of the same patient is: the same patient is the same `patient_link`, the pseudonym of a
+Patient ID that names one patient (agent/optout.py: not UNKNOWN or 0000000000), so an NHS
+number on the list also takes the patient's studies that carry only the hospital number.
+Identifiers in Other Patient IDs never link studies (a placeholder there would join strangers).
+
+A study found opted out is marked (`studies.opted_out_at`) in the same transaction that finds
+it, whichever comes first, the import or the study, with every other study of its patient; the
+daemon then settles it: nothing more is sent, its identifiable copies go, and if any of it may
+have reached the platform (an instance acknowledged, or a request made: a lost answer is not a
+refusal) a retraction notice is queued (`record_sent` queues one too for a batch that was in
+flight when the mark was made).
 
 The access log is append-only (triggers refuse UPDATE and DELETE) and chained: each entry's
-`chain` is a SHA-256 over the previous one's and its own fields, so an edit made behind the
-agent's back (the triggers dropped) shows in `verify_access_log`.
+`chain` is a SHA-256 over the previous one's and its own fields, so an entry edited or removed
+from the middle shows in `verify_access_log`; each entry also goes to the host's syslog
+(agent/patients.py), out of the agent user's reach.
 """
 
 from __future__ import annotations
@@ -23,14 +32,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from agent.optout import is_placeholder
+
 if TYPE_CHECKING:
     from agent.spool.state import State
 
-#: Tokens taken as listed: the list's own, and every identifier seen with one of them in a study
-#: (an NHS number on the list takes the hospital number its images carry, so the patient's later
-#: studies that carry only that, and their clinical rows keyed by it, are left out too).
-_LISTED = ("(SELECT token FROM optout_tokens UNION SELECT other.token FROM optout_tokens o"
-           " JOIN study_patients p USING (token) JOIN study_patients other ON other.study_key = p.study_key)")
+#: Whether a study may be on the platform: an instance acknowledged, or a request made for it.
+_MAY_BE_SENT = ("(studies.delivery_started_at IS NOT NULL OR EXISTS (SELECT 1 FROM sent JOIN instances i"
+                " USING (sop_key) WHERE i.study_key = studies.study_key))")
 
 OPTED_OUT = "opted_out"
 RETRACTION_REASON = "opt_out"
@@ -74,31 +83,45 @@ class Retraction:
 
 
 def record_patients(db: sqlite3.Connection, study_key: str, tokens: Iterable[str], now: float,
-                    pseudonym: str | None = None) -> bool:
-    """Keep a study's patient tokens; mark it if one of them is on the list. True when it is
-    (or was already) opted out. A study marked here may link the list to an identifier the
-    patient's other studies carry (a hospital number beside a listed NHS number): those, and
-    the studies of the same pseudonym, are marked with it, to be settled and retracted too."""
-    tokens = sorted(set(tokens))
+                    link: str | None = None) -> bool:
+    """Keep a study's patient tokens and link; mark it, and every study of its patient, if it is
+    its patient's opt-out. True when it is (a follow-up of a settled study is settled again)."""
     db.executemany("INSERT OR IGNORE INTO study_patients (study_key, token) VALUES (?, ?)",
-                   [(study_key, t) for t in tokens])
-    marked = db.execute(
-        "UPDATE studies SET opted_out_at = ? WHERE study_key = ? AND opted_out_at IS NULL AND EXISTS"
-        f" (SELECT 1 FROM study_patients p WHERE p.study_key = ? AND p.token IN {_LISTED})",
-        (now, study_key, study_key)).rowcount
-    if marked:
+                   [(study_key, t) for t in sorted(set(tokens))])
+    if link:
+        db.execute("UPDATE studies SET patient_link = ? WHERE study_key = ?", (link, study_key))
+    row = db.execute("SELECT opted_out_at, patient_link FROM studies WHERE study_key = ?", (study_key,)).fetchone()
+    if row is None:
+        return False
+    marked, link = row[0] is not None, row[1] or link
+    listed = marked or db.execute(
+        "SELECT 1 FROM study_patients p JOIN optout_tokens o USING (token) WHERE p.study_key = ? LIMIT 1",
+        (study_key,)).fetchone() is not None or (bool(link) and _link_marked(db, str(link)))
+    if not listed:
+        return False
+    if not marked:
+        db.execute("UPDATE studies SET opted_out_at = ? WHERE study_key = ?", (now, study_key))
         _event(db, now, study_key, "study_opted_out", "found at de-identification")
-        pseudonym = pseudonym or (db.execute("SELECT pseudonym FROM studies WHERE study_key = ?",
-                                             (study_key,)).fetchone() or (None,))[0]
-        for (other,) in db.execute(
-                "SELECT study_key FROM studies WHERE opted_out_at IS NULL AND (study_key IN"
-                " (SELECT other.study_key FROM study_patients mine JOIN study_patients other USING (token)"
-                "  WHERE mine.study_key = ?) OR (? IS NOT NULL AND pseudonym = ?))",
-                (study_key, pseudonym, pseudonym)).fetchall():
-            db.execute("UPDATE studies SET opted_out_at = ? WHERE study_key = ?", (now, other))
-            _event(db, now, other, "study_opted_out", "linked to a study of a patient on the list")
-    row = db.execute("SELECT opted_out_at FROM studies WHERE study_key = ?", (study_key,)).fetchone()
-    return row is not None and row[0] is not None
+    db.execute("UPDATE studies SET opt_out_settled = 0 WHERE study_key = ?", (study_key,))
+    if link:
+        _mark_patient(db, str(link), now)
+    return True
+
+
+def _link_marked(db: sqlite3.Connection, link: str) -> bool:
+    return db.execute("SELECT 1 FROM studies WHERE patient_link = ? AND opted_out_at IS NOT NULL LIMIT 1",
+                      (link,)).fetchone() is not None
+
+
+def _mark_patient(db: sqlite3.Connection, link: str, now: float) -> int:
+    """Mark every study of the patient `link` names: by its link, or by its pseudonym for a study
+    recorded before links were (the same Patient ID gives the same pseudonym)."""
+    found = [r[0] for r in db.execute("SELECT study_key FROM studies WHERE opted_out_at IS NULL"
+                                      " AND (patient_link = ? OR pseudonym = ?)", (link, link)).fetchall()]
+    for study_key in found:
+        db.execute("UPDATE studies SET opted_out_at = ? WHERE study_key = ?", (now, study_key))
+        _event(db, now, study_key, "study_opted_out", "another study of the patient is on the list")
+    return len(found)
 
 
 def queue_retraction_if_opted_out(db: sqlite3.Connection, study_key: str, now: float) -> None:
@@ -131,9 +154,12 @@ class Choices:
 
     def replace_list(self, new: frozenset[str], patient_token: Callable[[str], str], operator: str) -> ImportSummary:
         """Put `new` (tokens) in place of the list, in one transaction, and mark every study of a
-        patient on it: by the tokens recorded for the study, and by the Patient IDs of the
-        crosswalk (studies de-identified before tokens were recorded). Marked studies with
-        anything sent get a retraction notice queued."""
+        patient on it: by the tokens recorded for the study, by the Patient IDs of the crosswalk
+        (studies de-identified before tokens were recorded), then every other study of those
+        patients. Marked studies that may be on the platform get a retraction notice queued.
+        The crosswalk's tokens are made before the write lock is taken: receiving goes on."""
+        crosswalk = [(id_new, patient_token(id_old), not is_placeholder(id_old)) for id_old, id_new in
+                     self.state.connection().execute("SELECT id_old, id_new FROM crosswalk WHERE kind = 'patient'")]
         now = time.time()
         with self.state.transaction() as db:
             old = {r[0] for r in db.execute("SELECT token FROM optout_tokens")}
@@ -142,27 +168,25 @@ class Choices:
             added, removed = len(new - old), len(old - new)
             db.execute("INSERT INTO optout_imports (at, entries, added, removed, operator) VALUES (?, ?, ?, ?, ?)",
                        (now, len(new), added, removed, operator))
-            # `_LISTED`, not `new` alone: a hospital number a later study linked to a listed NHS
-            # number also finds the studies de-identified before tokens were recorded.
-            listed = {r[0] for r in db.execute(f"SELECT token FROM {_LISTED}")}
-            pseudonyms = [id_new for id_old, id_new in
-                          db.execute("SELECT id_old, id_new FROM crosswalk WHERE kind = 'patient'")
-                          if patient_token(id_old) in listed]
-            found = db.execute(
-                "UPDATE studies SET opted_out_at = ? WHERE opted_out_at IS NULL AND study_key IN"
-                f" (SELECT p.study_key FROM study_patients p WHERE p.token IN {_LISTED})", (now,)).rowcount
-            for pseudonym in pseudonyms:
-                found += db.execute("UPDATE studies SET opted_out_at = ? WHERE opted_out_at IS NULL AND pseudonym = ?",
-                                    (now, pseudonym)).rowcount
+            direct = [r[0] for r in db.execute("SELECT DISTINCT p.study_key FROM optout_tokens o JOIN study_patients p"
+                                               " USING (token)")]
+            for study_key in direct:
+                db.execute("UPDATE studies SET opted_out_at = ? WHERE study_key = ? AND opted_out_at IS NULL",
+                           (now, study_key))
+            links = {pseudonym for pseudonym, token, linkable in crosswalk if linkable and token in new}
+            links |= {r[0] for r in db.execute("SELECT DISTINCT patient_link FROM studies WHERE opted_out_at = ?"
+                                               " AND patient_link IS NOT NULL", (now,))}
+            for link in links:
+                _mark_patient(db, link, now)
+            found = db.execute("SELECT COUNT(*) FROM studies WHERE opted_out_at = ?", (now,)).fetchone()[0]
             queued = 0
             for study_key, output_study in db.execute(
-                    "SELECT study_key, output_study FROM studies WHERE opted_out_at = ? AND output_study IS NOT NULL"
-                    " AND EXISTS (SELECT 1 FROM sent JOIN instances i USING (sop_key) WHERE i.study_key = studies.study_key)",
-                    (now,)).fetchall():
+                    f"SELECT study_key, output_study FROM studies WHERE opted_out_at = ? AND output_study IS NOT NULL"
+                    f" AND {_MAY_BE_SENT}", (now,)).fetchall():
                 queued += _queue_retraction(db, study_key, output_study, now)
             _event(db, now, None, "optout_list_imported", json.dumps(
                 {"entries": len(new), "added": added, "removed": removed, "studies_found": found}))
-        return ImportSummary(len(new), added, removed, found, queued)
+        return ImportSummary(len(new), added, removed, int(found), queued)
 
     def info(self) -> ListInfo:
         db = self.state.connection()
@@ -171,8 +195,14 @@ class Choices:
         return ListInfo(entries, None if row is None else float(row[0]), None if row is None else str(row[1]))
 
     def listed_tokens(self) -> frozenset[str]:
-        """The tokens taken as listed (`_LISTED`), read once for a whole clinical file."""
-        return frozenset(r[0] for r in self.state.connection().execute(f"SELECT token FROM {_LISTED}"))
+        """The list's tokens, read once for a whole clinical file."""
+        return frozenset(r[0] for r in self.state.connection().execute("SELECT token FROM optout_tokens"))
+
+    def marked_links(self) -> frozenset[str]:
+        """The links (pseudonyms) of patients with a study found opted out: their clinical rows,
+        keyed by the hospital number, are left out too."""
+        return frozenset(r[0] for r in self.state.connection().execute(
+            "SELECT DISTINCT patient_link FROM studies WHERE opted_out_at IS NOT NULL AND patient_link IS NOT NULL"))
 
     def listed(self, tokens: Iterable[str]) -> bool:
         tokens = list(set(tokens))
@@ -180,24 +210,29 @@ class Choices:
             return False
         marks = ",".join("?" * len(tokens))
         return self.state.connection().execute(
-            f"SELECT 1 FROM {_LISTED} WHERE token IN ({marks}) LIMIT 1", tokens).fetchone() is not None
+            f"SELECT 1 FROM optout_tokens WHERE token IN ({marks}) LIMIT 1", tokens).fetchone() is not None
 
-    def study_opted_out(self, study_key: str, tokens: Iterable[str] = ()) -> bool:
-        """Marked already, or one of `tokens` (or of those recorded for it) is on the list."""
-        row = self.state.connection().execute(
-            "SELECT opted_out_at IS NOT NULL OR EXISTS (SELECT 1 FROM study_patients p WHERE p.study_key = ?"
-            f" AND p.token IN {_LISTED}) FROM studies WHERE study_key = ?", (study_key, study_key)).fetchone()
-        return bool(row and row[0]) or self.listed(tokens)
+    def study_opted_out(self, study_key: str, tokens: Iterable[str] = (), link: str = "") -> bool:
+        """Marked already, or its identifiers (`tokens`, or those recorded for it) are on the
+        list, or another study of its patient (`link`, or its recorded link) was found opted out."""
+        db = self.state.connection()
+        row = db.execute(
+            "SELECT opted_out_at IS NOT NULL OR EXISTS (SELECT 1 FROM study_patients p JOIN optout_tokens o"
+            " USING (token) WHERE p.study_key = ?), patient_link FROM studies WHERE study_key = ?",
+            (study_key, study_key)).fetchone()
+        if row is not None and row[0]:
+            return True
+        links = {l for l in (link, row[1] if row is not None else None) if l}
+        return self.listed(tokens) or any(_link_marked(db, l) for l in links)
 
     def opted_out_pseudonyms(self, patient_token: Callable[[str], str]) -> set[str]:
         """Pseudonyms of patients on the list (for pseudonymised clinical rows queued before an
-        import): by the crosswalk's Patient IDs taken as listed (`_LISTED`: a hospital number
-        linked to a listed NHS number too, even when its study was all held and has no
-        pseudonym), and by the studies marked."""
+        import): by the crosswalk's Patient IDs on the list, and the patients of marked studies."""
         db = self.state.connection()
-        listed = {r[0] for r in db.execute(f"SELECT token FROM {_LISTED}")}
+        listed = self.listed_tokens()
         found = {id_new for id_old, id_new in db.execute("SELECT id_old, id_new FROM crosswalk WHERE kind = 'patient'")
                  if patient_token(id_old) in listed}
+        found |= self.marked_links()
         found |= {r[0] for r in db.execute("SELECT pseudonym FROM studies WHERE opted_out_at IS NOT NULL"
                                           " AND pseudonym IS NOT NULL")}
         return found
@@ -208,12 +243,13 @@ class Choices:
         """Studies marked opted out with copies or sending left, that nothing else has in hand
         (receiving and stable studies are the pipeline's: it excludes them itself)."""
         return [r[0] for r in self.state.connection().execute(
-            "SELECT study_key FROM studies WHERE opted_out_at IS NOT NULL AND opt_out_settled = 0"
-            " AND state NOT IN ('receiving', 'stable') ORDER BY opted_out_at")]
+            "SELECT study_key FROM studies WHERE opted_out_at IS NOT NULL"
+            " AND opt_out_settled = 0 AND state NOT IN ('receiving', 'stable') ORDER BY opted_out_at")]
 
     def settle(self, study_key: str) -> int:
         """Nothing of the study is sent any more: its unsent and held instances become excluded
-        (`opted_out`), its delivered ones purged, a retraction is queued if anything was sent,
+        (`opted_out`), its delivered ones purged, a retraction is queued if any of it may be on
+        the platform,
         and the study is excluded. The caller removes the copies first. Returns instances changed."""
         now = time.time()
         with self.state.transaction() as db:
@@ -227,9 +263,9 @@ class Choices:
                 (OPTED_OUT, "the patient is on the opt-out list", study_key)).rowcount
             changed += db.execute("UPDATE instances SET state = 'purged' WHERE study_key = ? AND state = 'delivered'",
                                   (study_key,)).rowcount
-            sent = db.execute("SELECT 1 FROM sent JOIN instances USING (sop_key) WHERE study_key = ? LIMIT 1",
-                              (study_key,)).fetchone() is not None
-            if sent and row[1]:
+            may_be_sent = db.execute(f"SELECT {_MAY_BE_SENT} FROM studies WHERE study_key = ?",
+                                     (study_key,)).fetchone()[0]
+            if may_be_sent and row[1]:
                 _queue_retraction(db, study_key, str(row[1]), now)
             db.execute("UPDATE studies SET state = 'excluded', reason = ?, opt_out_settled = 1, updated_at = ?"
                        " WHERE study_key = ?", (OPTED_OUT, now, study_key))

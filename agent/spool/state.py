@@ -127,6 +127,14 @@ _MIGRATIONS: tuple[str, ...] = (
     "  BEGIN SELECT RAISE(ABORT, 'the access log is append-only'); END;"
     " CREATE TRIGGER access_log_no_delete BEFORE DELETE ON access_log"
     "  BEGIN SELECT RAISE(ABORT, 'the access log is append-only'); END;",
+    # 3 (issue 13, review): a study's patient link (the pseudonym of a Patient ID that names one
+    # patient), when its delivery began (a request whose answer was lost may have stored it), and
+    # the indexes the opt-out checks and the import look studies up by.
+    "ALTER TABLE studies ADD COLUMN patient_link TEXT;"
+    " ALTER TABLE studies ADD COLUMN delivery_started_at REAL;"
+    " CREATE INDEX studies_by_pseudonym ON studies (pseudonym);"
+    " CREATE INDEX studies_by_link ON studies (patient_link);"
+    " CREATE INDEX studies_unsettled ON studies (opted_out_at) WHERE opted_out_at IS NOT NULL AND opt_out_settled = 0;",
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 #: Reasons that do not hold a series back for the instances that come after them: the platform
@@ -182,6 +190,8 @@ class StudyRow:
     reason: str | None
     opted_out_at: float | None = None  # when its patient was found on the opt-out list
     opt_out_settled: int = 0  # 1 once nothing of it is left to send and its copies are gone
+    patient_link: str | None = None  # the patient's pseudonym when its Patient ID names one patient
+    delivery_started_at: float | None = None  # the first request to the platform for it
 
 
 class State:
@@ -390,6 +400,7 @@ class State:
         expected_received_at: dict[str, float],
         hold: dict[str, str] | None = None,
         patient_tokens: frozenset[str] = frozenset(),
+        patient_link: str | None = None,
     ) -> tuple[str, list[str]]:
         """Record a study's de-identification in one transaction; returns the study's new state and
         the instances recorded as excluded (whose spool copies may now go).
@@ -420,7 +431,7 @@ class State:
                     self._audit(db, now, study_key, sop_key, "instance_quarantined", "series_quarantined")
             db.executemany("INSERT OR IGNORE INTO crosswalk (kind, id_old, id_new) VALUES (?, ?, ?)", crosswalk)
             # An import made since the pipeline looked marks the study here: the forwarder then never sends it.
-            choices.record_patients(db, study_key, patient_tokens, now, pseudonym)
+            choices.record_patients(db, study_key, patient_tokens, now, patient_link)
             row = db.execute("SELECT state FROM studies WHERE study_key = ?", (study_key,)).fetchone()
             if row is not None and row[0] != "stable":
                 return str(row[0]), excluded  # reopened by a new instance meanwhile: processed again
@@ -484,6 +495,13 @@ class State:
         rows = self._db().execute("SELECT * FROM instances WHERE study_key = ? AND state = ? ORDER BY output",
                                   (study_key, state))
         return [InstanceRow(*r) for r in rows]
+
+    def delivery_started(self, study_key: str) -> None:
+        """Before the first request for a study: from now on it may be on the platform (an answer
+        lost is not a refusal), so an opt-out found later retracts it."""
+        with self._tx() as db:
+            db.execute("UPDATE studies SET delivery_started_at = ? WHERE study_key = ? AND delivery_started_at IS NULL",
+                       (time.time(), study_key))
 
     def record_sent(self, study_key: str, sent: dict[str, tuple[str, int]],
                     refused: dict[str, tuple[str, str]]) -> None:

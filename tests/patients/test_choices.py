@@ -37,7 +37,7 @@ def _received(state: State, study: str, sops: list[str], at: float = 1000.0) -> 
 
 def _finish(state: State, study: str, outcomes: dict[str, str], *, tokens: frozenset[str] = frozenset(),
             pseudonym: str = "PSEUDO-1", output_study: str = "2.25.1",
-            crosswalk: list[tuple[str, str, str]] | None = None) -> str:
+            crosswalk: list[tuple[str, str, str]] | None = None, link: bool = True) -> str:
     """De-identify the study's pending instances: sop -> 'deidentified' | 'quarantined'."""
     rows = {row.sop_key: row for row in state.pending_instances(study)}
     done = state.finish_study(
@@ -45,7 +45,8 @@ def _finish(state: State, study: str, outcomes: dict[str, str], *, tokens: froze
                       "burned_in_annotation" if st == "quarantined" else None, None, "x")
                 for sop, st in outcomes.items()},
         pseudonym=pseudonym, output_study=output_study, crosswalk=crosswalk or [],
-        expected_received_at={sop: rows[sop].received_at for sop in outcomes}, patient_tokens=tokens)
+        expected_received_at={sop: rows[sop].received_at for sop in outcomes}, patient_tokens=tokens,
+        patient_link=pseudonym if link else None)
     return done[0]
 
 
@@ -140,10 +141,11 @@ def test_an_nhs_number_on_the_list_takes_the_hospital_number_seen_with_it(state:
             pseudonym="PSEUDO-2")  # another patient
     choices = Choices(state)
     _import(choices, site_key, NHS)
-    listed = choices.listed_tokens()
-    assert optout.token(site_key, HOSPITAL) in listed and optout.token(site_key, NHS) in listed
-    assert optout.token(site_key, OTHER) not in listed
-    assert optout.matcher(site_key, listed)("rxx100001")  # the patient's clinical rows, by hospital number
+    listed, links = choices.listed_tokens(), choices.marked_links()
+    assert listed == {optout.token(site_key, NHS)} and links == {"PSEUDO-1"}  # the list itself stays as imported
+    pseudonym_of = {HOSPITAL: "PSEUDO-1", OTHER: "PSEUDO-2"}.get
+    matches = optout.matcher(site_key, listed, links, lambda i: pseudonym_of(optout.normalise(i)) or "")
+    assert matches("rxx100001") and not matches(OTHER)  # the patient's clinical rows, by hospital number
     # A later study carrying the hospital number alone is the same patient's.
     _received(state, "U", ["u"], at=9000.0)
     _finish(state, "U", {"u": "deidentified"}, tokens=optout.tokens(site_key, [HOSPITAL]), output_study="2.25.3")
@@ -328,7 +330,8 @@ def test_clinical_rows_queued_before_the_import_are_withheld_by_the_linked_hospi
     _received(state, "S", ["a"])
     state.finish_study("S", {"a": ("quarantined", None, "burned_in_annotation", None, "x")}, pseudonym=None,
                        output_study=None, crosswalk=[], patient_tokens=optout.tokens(site_key, [HOSPITAL, NHS]),
-                       expected_received_at={"a": state.pending_instances("S")[0].received_at})
+                       expected_received_at={"a": state.pending_instances("S")[0].received_at},
+                       patient_link="PSEUDO-H")  # the worker's pseudonym of its Patient ID, held or not
     state.record_crosswalk([("patient", HOSPITAL, "PSEUDO-H"), ("patient", OTHER, "PSEUDO-O")])
     _import(Choices(state), site_key, NHS)
     assert Choices(state).opted_out_pseudonyms(lambda i: optout.token(site_key, i)) == {"PSEUDO-H"}
@@ -374,3 +377,66 @@ def test_a_study_that_links_the_list_to_a_hospital_number_marks_the_patients_ear
         choices.settle(study)
     assert _retractions(state) == [("2.25.10", "EARLY")]  # the only one with something sent
     assert state.due_studies(now=10**10) == ["OTHER"]
+
+
+# -- the review's cases: who is the same patient, and what may already be on the platform -----------
+
+
+def test_a_placeholder_shared_with_an_opted_out_patient_joins_nobody(state: State, site_key: SiteKey) -> None:
+    """UNKNOWN in Other Patient IDs, and UNKNOWN as a Patient ID (no link), are not one patient."""
+    choices = Choices(state)
+    _import(choices, site_key, NHS)
+    _received(state, "A", ["a"])
+    _finish(state, "A", {"a": "deidentified"}, tokens=optout.tokens(site_key, [HOSPITAL, NHS, "UNKNOWN"]),
+            pseudonym="PSEUDO-A", output_study="2.25.1")
+    _received(state, "B", ["b"], at=3000.0)
+    _finish(state, "B", {"b": "deidentified"}, tokens=optout.tokens(site_key, [OTHER, "UNKNOWN"]),
+            pseudonym="PSEUDO-B", output_study="2.25.2")
+    _received(state, "C", ["c"], at=5000.0)  # Patient ID UNKNOWN: the worker gives it no link
+    _finish(state, "C", {"c": "deidentified"}, tokens=optout.tokens(site_key, ["UNKNOWN"]),
+            pseudonym="PSEUDO-U", output_study="2.25.3", link=False)
+    assert state.study("A").opted_out_at is not None  # type: ignore[union-attr]
+    assert state.due_studies(now=10**10) == ["B", "C"]
+    assert optout.is_placeholder("UNKNOWN") and optout.is_placeholder("0000000000")
+
+
+def test_a_follow_up_of_a_settled_study_is_settled_again_not_left_queued(state: State, site_key: SiteKey) -> None:
+    choices = Choices(state)
+    _import(choices, site_key, HOSPITAL)
+    _received(state, "S", ["a"])
+    _finish(state, "S", {"a": "deidentified"}, tokens=optout.tokens(site_key, [HOSPITAL]))
+    state.record_sent("S", {"a": (SHA, 100)}, {})
+    for study in choices.unsettled():
+        choices.settle(study)
+    _received(state, "S", ["late"], at=9000.0)  # the PACS sends one more instance of it
+    assert _finish(state, "S", {"late": "deidentified"}, tokens=optout.tokens(site_key, [HOSPITAL])) == "queued"
+    assert choices.unsettled() == ["S"]
+    choices.settle("S")
+    study = state.study("S")
+    assert study is not None and (study.state, study.reason) == ("excluded", "opted_out")
+    assert state.due_studies(now=10**10) == [] and len(_retractions(state)) == 1
+
+
+def test_a_study_whose_upload_began_is_retracted_even_with_no_answer_recorded(state: State,
+                                                                               site_key: SiteKey) -> None:
+    """The platform stored a batch but its answer was lost (or the agent was killed before it
+    recorded it): nothing is in `sent`, yet the study may be there."""
+    _received(state, "S", ["a"])
+    _finish(state, "S", {"a": "deidentified"}, tokens=optout.tokens(site_key, [HOSPITAL]))
+    state.delivery_started("S")
+    summary = _import(Choices(state), site_key, HOSPITAL)
+    assert summary.retractions_queued == 1 and _retractions(state) == [("2.25.1", "S")]
+
+
+def test_the_checks_the_forwarder_makes_per_request_look_studies_up_by_index(state: State) -> None:
+    """study_opted_out runs before every STOW request and the import marks by pseudonym: neither
+    may scan a table that grows with every study."""
+    db = state.connection()
+    plans = [" ".join(str(r[-1]) for r in db.execute(f"EXPLAIN QUERY PLAN {sql}", args)) for sql, args in (
+        ("SELECT 1 FROM studies WHERE patient_link = ? AND opted_out_at IS NOT NULL LIMIT 1", ("x",)),
+        ("SELECT study_key FROM studies WHERE opted_out_at IS NULL AND (patient_link = ? OR pseudonym = ?)",
+         ("x", "x")),
+        ("SELECT 1 FROM study_patients p JOIN optout_tokens o USING (token) WHERE p.study_key = ? LIMIT 1", ("x",)),
+    )]
+    for plan in plans:
+        assert "SCAN studies" not in plan and "SCAN p" not in plan, plan
