@@ -553,12 +553,18 @@ def optout_list(config: ConfigFile, as_json: Annotated[bool, typer.Option("--jso
 
 
 @optout_app.command("check")
-def optout_check(identifier: Annotated[str, typer.Argument(help="A hospital Patient ID or an NHS number.")],
+def optout_check(identifier: Annotated[str, typer.Argument(help="A hospital Patient ID or an NHS number; - reads it "
+                                                                "from standard input (kept out of shell history).")],
                  config: ConfigFile) -> None:
-    """Whether an identifier is on the list (exit 0: it is; 1: it is not)."""
+    """Whether an identifier is on the list (exit 0: it is; 1: it is not). The check is written to
+    the access log (not the identifier)."""
     from agent import config as config_module
     from agent.patients import check_identifier
 
+    if identifier == "-":
+        identifier = sys.stdin.readline().strip()
+    if not identifier:
+        raise UsageError("optout check: no identifier given")
     if check_identifier(config_module.load(config), identifier):
         out.print("on the opt-out list")
         return

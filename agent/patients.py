@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pwd
 import sqlite3
+import syslog
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +30,41 @@ class NoReason(UsageError):
     """A re-identification, release or purge asked for without a reason: refused, exit 2."""
 
 
-def operator() -> str:
-    """Who runs this command: the effective user, and the user sudo was run by."""
+def _user(uid: int) -> str:
     try:
-        name = pwd.getpwuid(os.geteuid()).pw_name
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        name = f"uid {os.geteuid()}"
-    by = os.environ.get("SUDO_USER")
-    return f"{name} (sudo by {by})" if by and by != name else name
+        return f"uid {uid}"
+
+
+def operator() -> str:
+    """Who runs this command: the effective user, and the person who logged in, from the
+    kernel's login uid (sudo and su keep it, and no environment variable can change it);
+    SUDO_USER only when there is no login uid (a container), marked as claimed."""
+    name = _user(os.geteuid())
+    try:
+        login = int(Path("/proc/self/loginuid").read_text().strip())
+    except (OSError, ValueError):
+        login = 0xFFFFFFFF
+    if login != 0xFFFFFFFF:  # (uid_t)-1: no login session (a service, a container)
+        logged_in = _user(login)
+        return name if logged_in == name else f"{name} (logged in as {logged_in})"
+    claimed = os.environ.get("SUDO_USER")
+    return f"{name} (sudo by {claimed}, claimed)" if claimed and claimed != name else name
+
+
+def _to_syslog(entry: AccessEntry) -> None:
+    """A copy of each access-log entry in the host's log (the journal under systemd), out of
+    reach of the agent's user: removing or rewriting entries in the database shows against it.
+    The reason is free text and may name a patient: only its length goes."""
+    try:
+        syslog.openlog("nmip-agent", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
+        syslog.syslog(syslog.LOG_NOTICE, f"access_log id={entry.id} action={entry.action} operator={entry.operator!r} "
+                                         f"subject={entry.subject!r} reason_chars={len(entry.reason)} "
+                                         f"chain={entry.chain}")
+        syslog.closelog()
+    except OSError:
+        pass  # no syslog on this host: the database entry stands alone
 
 
 def require_reason(reason: str | None, what: str) -> str:
@@ -77,9 +105,12 @@ def list_info(config: Config) -> tuple[ListInfo, dict[str, int], dict[str, int]]
 
 
 def check_identifier(config: Config, identifier: str) -> bool:
+    """Whether one identifier is on the list. It tells a patient's choice: logged like a lookup
+    (the identifier itself is not)."""
     key = load_key_file(config.pipeline.key_file)
     state, choices = _open(config)
     try:
+        _to_syslog(choices.log_access(operator(), "optout_check", "an identifier", "optout check"))
         return choices.listed(optout.tokens(key, [identifier]))
     finally:
         state.close()
@@ -115,6 +146,7 @@ def reidentify(config: Config, *, pseudonym: str | None, study_uid: str | None, 
     state, choices = _open(config)
     try:
         logged = choices.log_access(operator(), "reidentify", subject, text)
+        _to_syslog(logged)
         db = state.connection()
         if study_uid is not None:
             row = db.execute("SELECT pseudonym FROM studies WHERE output_study = ? AND pseudonym IS NOT NULL",
@@ -145,7 +177,7 @@ def log_operator_action(config: Config, action: str, study_key: str, reason: str
     """A quarantine release or purge, in the access log before it is done."""
     state, choices = _open(config)
     try:
-        choices.log_access(operator(), action, f"study {study_key}", reason)
+        _to_syslog(choices.log_access(operator(), action, f"study {study_key}", reason))
     finally:
         state.close()
 

@@ -69,6 +69,7 @@ class AccessEntry:
     action: str
     subject: str
     reason: str
+    chain: str = ""
 
 
 @dataclass(frozen=True)
@@ -315,11 +316,11 @@ class Choices:
             chain = _chain(previous[0] if previous else "", now, operator, action, subject, reason)
             cursor = db.execute("INSERT INTO access_log (at, operator, action, subject, reason, chain)"
                                 " VALUES (?, ?, ?, ?, ?, ?)", (now, operator, action, subject, reason, chain))
-        return AccessEntry(int(cursor.lastrowid or 0), now, operator, action, subject, reason)
+        return AccessEntry(int(cursor.lastrowid or 0), now, operator, action, subject, reason, chain)
 
     def access_log(self) -> list[AccessEntry]:
         return [AccessEntry(*r) for r in self.state.connection().execute(
-            "SELECT id, at, operator, action, subject, reason FROM access_log ORDER BY id")]
+            "SELECT id, at, operator, action, subject, reason, chain FROM access_log ORDER BY id")]
 
     def verify_access_log(self) -> int | None:
         """The id of the first entry whose chain does not hold (edited or removed before it), or None."""

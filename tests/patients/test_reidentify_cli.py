@@ -268,3 +268,18 @@ def test_quarantine_actions_need_a_reason(site: Path) -> None:
         assert run.returncode == 2, run.output
         assert "needs --reason" in run.stderr
     assert not _database(site).exists() or _access_log(site) == []
+
+
+def test_optout_check_reads_the_identifier_from_standard_input_and_is_logged(site: Path) -> None:
+    """`optout check -` keeps the NHS number out of shell history and sudo's log; the check
+    tells a patient's choice, so it is in the access log (without the identifier)."""
+    import subprocess
+    import sys
+
+    assert _run(site, "optout", "import", _list_file(site, "9434765919\n")).returncode == 0
+    run = subprocess.run([sys.executable, "-m", "agent.cli", "optout", "check", "-", "--config", str(site)],
+                         input="943 476 5919\n", capture_output=True, text=True, timeout=60, cwd=site.parent)
+    assert run.returncode == 0 and "on the opt-out list" in run.stdout, run.stderr
+    logged = _access_log(site)
+    assert [(action, subject) for _, action, subject, _ in logged] == [("optout_check", "an identifier")]
+    assert "9434765919" not in repr(logged)
