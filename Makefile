@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # send it a study from another terminal with the command the README gives.
 RUN_ARGS    ?= serve --config config.example.yaml
 
-.PHONY: test run send-sample status bench bench-pixels clean debian-packages venv
+.PHONY: test run send-sample status bench bench-pixels clean debian-packages venv deb deb-check deb-tools
 
 test: debian-packages $(VENV_STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
@@ -47,6 +47,29 @@ bench-pixels: $(VENV_STAMP)
 debian-packages:
 	scripts/install-debian-packages.sh
 
+# The Debian package, dist/nmip-agent_<version>_<arch>.deb: the agent in its own virtual environment
+# of Debian's /usr/bin/python3 under /opt/nmip-agent, every wheel inside (packaging/debian/). Needs
+# debhelper and python3-venv (deb-tools) and PyPI; about a minute and a half.
+deb: deb-tools
+	scripts/build-deb.sh
+
+# Builds the package and two earlier versions', then, as root, in a clean debootstrapped bookworm
+# root (cached in ~/.cache/nmip-agent-ci): install, config check, a C-STORE and a delivery to the
+# test suite's platform (nginx, mTLS, Orthanc: hence debian-packages and the venv), purge, upgrades
+# over studies in every state (scripts/deb-check.sh). Needs the Debian mirror the first time;
+# about 7 minutes on 2 cores without the cache.
+deb-check: deb-tools debian-packages $(VENV_STAMP)
+	scripts/deb-check.sh
+
+# The Debian tools the two targets above use: debhelper and dpkg-dev (dpkg-buildpackage),
+# python3 and python3-venv (Debian's interpreter builds the package's environment), debootstrap
+# (the clean root), dcmtk (storescu into the installed agent), systemd (systemd-analyze verify and
+# security), zstd (the cached root), openssl (the platform stand-in's certificates). Always runs:
+# a no-op when they are installed.
+DEB_TOOLS := debhelper dpkg-dev python3 python3-venv debootstrap dcmtk systemd zstd openssl
+deb-tools:
+	scripts/install-debian-packages.sh --only $(DEB_TOOLS)
+
 venv: $(VENV_STAMP)
 
 # Reinstalled only when the dependencies change; the stamp is written last so a
@@ -58,3 +81,4 @@ $(VENV_STAMP): pyproject.toml
 
 clean:
 	rm -rf $(VENV) var/
+	rm -rf --one-file-system build/deb build/deb-check dist/

@@ -19,10 +19,16 @@
 #
 # Idempotent: when every package is already installed it touches nothing (no apt,
 # no network, no sudo), so `make test` stays fast on a developer machine and works
-# on a bare CI clone. Extra package names may be given as arguments.
+# on a bare CI clone. Extra package names may be given as arguments; with `--only`, only
+# those are installed (`make deb-tools` installs the packaging tools this way).
 set -euo pipefail
 
-PACKAGES=(dicom3tools dcmtk orthanc orthanc-dicomweb nginx tinyproxy python3-venv tesseract-ocr tesseract-ocr-eng "$@")
+if [ "${1:-}" = --only ]; then
+    shift
+    PACKAGES=("$@")
+else
+    PACKAGES=(dicom3tools dcmtk orthanc orthanc-dicomweb nginx tinyproxy python3-venv tesseract-ocr tesseract-ocr-eng "$@")
+fi
 
 die() { echo "install-debian-packages: $*" >&2; exit 1; }
 
