@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -37,6 +38,17 @@ def check_private(source: Path, key: str, path: Path) -> None:
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         who = "readable by others" if st.st_mode & stat.S_IRWXO else "open to its group"
         raise ConfigError(f"{source}: {key}: {path} is {who} (mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
+
+
+def load_ca_bundle(context: ssl.SSLContext, source: Path, key: str, path: Path) -> None:
+    """Trust the CA certificates in the PEM file named by `key` (`platform.ca_bundle`,
+    `receive.tls.ca_bundle`), or refuse the configuration saying why."""
+    try:
+        context.load_verify_locations(cafile=str(path))
+    except ssl.SSLError:  # before OSError, of which it is a subclass
+        raise ConfigError(f"{source}: {key}: {path}: no PEM CA certificate in it") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: {key}: {path}: cannot read ({exc.strerror})") from None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from agent.config import ConfigError, ReceiveTlsConfig, check_private
+from agent.config import ConfigError, ReceiveTlsConfig, check_private, load_ca_bundle
 
 #: OpenSSL's reason for a failed handshake -> what the log says (never a field of the peer's certificate).
 _REASONS = {
@@ -31,12 +31,7 @@ def server_context(tls: ReceiveTlsConfig, source: Path) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
     context.options |= ssl.OP_NO_RENEGOTIATION  # a client may not make the server redo the costly part
-    try:
-        context.load_verify_locations(cafile=str(tls.ca_bundle))
-    except ssl.SSLError:  # before OSError, of which it is a subclass
-        raise ConfigError(f"{source}: receive.tls.ca_bundle: {tls.ca_bundle}: no PEM CA certificate in it") from None
-    except OSError as exc:
-        raise ConfigError(f"{source}: receive.tls.ca_bundle: {tls.ca_bundle}: cannot read ({exc.strerror})") from None
+    load_ca_bundle(context, source, "receive.tls.ca_bundle", tls.ca_bundle)
     check_private(source, "receive.tls.key", tls.key)
     for key, path in (("certificate", tls.certificate), ("key", tls.key)):
         try:

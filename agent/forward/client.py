@@ -27,7 +27,7 @@ import httpx
 from agent import __version__
 from agent import log as agent_log
 from agent import metrics
-from agent.config import ConfigError, PlatformConfig, check_private
+from agent.config import ConfigError, PlatformConfig, check_private, load_ca_bundle
 from agent.forward.errors import (
     AuthenticationFailed,
     DeliveryError,
@@ -84,12 +84,7 @@ def ssl_context(config: PlatformConfig, source: Path) -> ssl.SSLContext:
         raise ConfigError(f"{source}: platform.ca_bundle: required: the platform's certificate is always verified")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname; no CA loaded yet
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_verify_locations(cafile=str(config.ca_bundle))
-    except ssl.SSLError:  # before OSError, of which it is a subclass
-        raise ConfigError(f"{source}: platform.ca_bundle: {config.ca_bundle}: no PEM CA certificate in it") from None
-    except OSError as exc:
-        raise ConfigError(f"{source}: platform.ca_bundle: {config.ca_bundle}: cannot read ({exc.strerror})") from None
+    load_ca_bundle(context, source, "platform.ca_bundle", config.ca_bundle)
     if config.client_certificate is not None and config.client_key is not None:
         check_private(source, "platform.client_key", config.client_key)
         try:
