@@ -265,7 +265,7 @@ platform_setting() {  # $1: a key of platform.json
 
 platform_on() {  # the site's platform: section, its CA bundle, client certificate and token (docs/install.md)
     local credentials=/etc/nmip-agent/platform
-    in_root install -d -o root -g nmip-agent -m 0750 "$credentials"
+    in_root install -d -o nmip-agent -g nmip-agent -m 0700 "$credentials"  # as README.md makes it
     install -o root -g root -m 0644 "$(platform_setting ca_bundle)" "$ROOT$credentials/ca.pem"
     install -o root -g root -m 0644 "$(platform_setting client_certificate)" "$ROOT$credentials/client.pem"
     install -m 0600 "$(platform_setting client_key)" "$ROOT$credentials/client.key"
