@@ -64,9 +64,8 @@ deb-check: deb-tools debian-packages $(VENV_STAMP)
 # The Debian tools the two targets above use: debhelper and dpkg-dev (dpkg-buildpackage),
 # python3 and python3-venv (Debian's interpreter builds the package's environment), debootstrap
 # (the clean root), dcmtk (storescu into the installed agent), systemd (systemd-analyze verify and
-# security), zstd (the cached root), openssl (the platform stand-in's certificates). Always runs:
-# a no-op when they are installed.
-DEB_TOOLS := debhelper dpkg-dev python3 python3-venv debootstrap dcmtk systemd zstd openssl
+# security), zstd (the cached root). Always runs: a no-op when they are installed.
+DEB_TOOLS := debhelper dpkg-dev python3 python3-venv debootstrap dcmtk systemd zstd
 deb-tools:
 	scripts/install-debian-packages.sh --only $(DEB_TOOLS)
 

@@ -84,7 +84,8 @@ cp -r "$PACKAGING" "$STAGE/debian"
 # debian/changelog: this version, dated by the source's last commit (the package's timestamps).
 date=$(git -C "$SOURCE" log -1 --format=%cD 2>/dev/null || date -R)
 commit=$(git -C "$SOURCE" rev-parse --short HEAD)
-dirty=$(git -C "$SOURCE" status --porcelain | head -c1)
+# (Not `| head`: with pipefail, git killed by SIGPIPE on a large status would end the build.)
+dirty=$(git -C "$SOURCE" status --porcelain)
 maintainer=$(sed -n 's/^Maintainer: //p' "$PACKAGING/control")
 cat > "$STAGE/debian/changelog" <<EOF
 nmip-agent ($VERSION) unstable; urgency=medium

@@ -28,7 +28,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.peers.platform import Platform, platform  # noqa: E402 (after the path above)
 
-SAMPLE_MARKERS = ("DEBCHECK", "ACCQ", "ACCBURNED", "ACCSC")
+#: The samples' patient names and IDs (DEBCHECK^Q1, DEBCHECKQ1, ...) and accession numbers, whole.
+SAMPLE_MARKERS = ("DEBCHECK", "ACCQ1", "ACCQ2", "ACCQ3", "ACCQ4", "ACCBURNED", "ACCSC")
 
 
 def _stop(signum: int, frame: object) -> None:

@@ -57,7 +57,7 @@ die()  { printf 'deb-check [%4ds]: FAILED: %s\n' $((SECONDS - START)) "$*" >&2; 
 ok()   { say "ok: $*"; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root: debootstrap, chroot and mount need it"
-for tool in debootstrap chroot storescu echoscu systemd-analyze zstd openssl dpkg-deb git; do
+for tool in debootstrap chroot storescu echoscu systemd-analyze zstd dpkg-deb git; do
     command -v "$tool" >/dev/null || die "$tool not found: run make deb-tools"
 done
 
@@ -514,7 +514,7 @@ rm -rf "$WORK/samples"
 mv "$ROOT/tmp/deb-check/samples" "$WORK/samples"
 SAMPLES=$WORK/samples
 
-# Delivery to the platform stand-in, over HTTPS with the site's CA bundle and token: one study
+# Delivery to the test platform, over HTTPS with the site's CA bundle, certificate and token: one study
 # delivered (the identifiable copies then purged), one held in quarantine.
 start_platform
 platform_on
