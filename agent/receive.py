@@ -96,7 +96,10 @@ class ReceiverShared:
         self.ready: SynchronizedArray[int] = context.Array("i", processes)
         #: time.monotonic() of each process's last reaper round (every _REAP_S): its sign of life
         self.beats: SynchronizedArray[float] = context.Array("d", processes)
+        #: the SIGHUP generation whose allowed peers each process has taken (`ReceiverProcesses.reload`)
+        self.reloaded: SynchronizedArray[int] = context.Array("i", processes)
         self.addresses = ConnectionTable(context, processes)
+        self.generation: Any = context.Value("i", 0)
 
     def reset(self, index: int) -> None:
         for counts in (self.associations, self.connections, self.foreign, self.ready):
@@ -589,7 +592,7 @@ class Receiver:
 # -- receiver processes --------------------------------------------------------------------------
 
 def _receiver_main(config: Config, listener: socket.socket, parent_pid: int, shared: ReceiverShared,
-                   index: int) -> None:
+                   index: int, generation: int) -> None:
     """One receiver process: its own interpreter (and GIL), spool writer and database connection."""
     die_with(parent_pid)
     name_process(f"nmip-receive-{index}")
@@ -615,16 +618,19 @@ def _receiver_main(config: Config, listener: socket.socket, parent_pid: int, sha
                         shared=shared, index=index, max_instance_bytes=config.limits.max_instance_mb << 20, tls=tls)
     receiver.start()
     shared.beats[index] = time.monotonic()
+    shared.reloaded[index] = generation  # the configuration it was started with
     shared.ready[index] = 1
-    while not stopping.wait(0.5) and os.getppid() == parent_pid:
+    while not stopping.wait(0.1) and os.getppid() == parent_pid:
         if reload.is_set():
             reload.clear()
-            _reload_receiver(receiver, config.source)
+            wanted = shared.generation.value  # read first: the file read next is at least this fresh
+            if _reload_receiver(receiver, config.source):
+                shared.reloaded[index] = wanted
     receiver.stop()
     state.close()
 
 
-def _reload_receiver(receiver: Receiver, source: Path) -> None:
+def _reload_receiver(receiver: Receiver, source: Path) -> bool:
     """SIGHUP from the daemon: take the allowed peers from the file again. The
     daemon has checked the file; one that no longer loads changes nothing here."""
     from agent import config as config_module
@@ -632,8 +638,9 @@ def _reload_receiver(receiver: Receiver, source: Path) -> None:
     try:
         fresh = config_module.load(source)
     except AgentError:
-        return
+        return False
     receiver.allow(fresh.receive.allowed_peers)
+    return True
 
 
 class ReceiverFailed(AgentError):
@@ -659,11 +666,28 @@ class ReceiverProcesses:
     def port(self) -> int:
         return int(self._listener.getsockname()[1]) if self._listener is not None else self.config.receive.port
 
-    def reload(self) -> None:
-        """Pass SIGHUP on: each process reads the allowed peers again."""
-        for process in self._processes:
-            if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, signal.SIGHUP)
+    def reload(self, timeout_s: float = 10.0) -> list[int]:
+        """Pass SIGHUP on and wait until each process has read the allowed peers again, so that
+        once the daemon logs the reload every association is judged by the new list (the
+        kernel hands a connection to any of them). Returns the processes that had not in time."""
+        with self._shared.generation.get_lock():
+            self._shared.generation.value += 1
+            wanted = self._shared.generation.value
+        unsignalled = set(range(len(self._processes)))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            # Signal a process only once it is ready (its handler is set: SIGHUP would end it
+            # before). One that died meanwhile is restarted by supervise() with the new configuration.
+            for index in sorted(unsignalled):
+                process = self._processes[index]
+                if process.is_alive() and process.pid is not None and self._shared.ready[index]:
+                    os.kill(process.pid, signal.SIGHUP)
+                    unsignalled.discard(index)
+            late = [index for index, process in enumerate(self._processes)
+                    if process.is_alive() and self._shared.reloaded[index] < wanted]
+            if not late or time.monotonic() > deadline:
+                return late
+            time.sleep(0.02)
 
     def ready_count(self) -> int:
         """Receiver processes accepting on the port now."""
@@ -691,7 +715,8 @@ class ReceiverProcesses:
 
     def _spawn(self, index: int) -> multiprocessing.process.BaseProcess:
         process = self._context.Process(target=_receiver_main, name=f"nmip-agent-receive-{index}", daemon=True,
-                                        args=(self.config, self._listener, os.getpid(), self._shared, index))
+                                        args=(self.config, self._listener, os.getpid(), self._shared, index,
+                                              self._shared.generation.value))
         process.start()
         return process
 

@@ -195,7 +195,11 @@ class Service:
         changed = _changed_keys(self.config, fresh)
         self.receiver.config = replace(self.receiver.config, receive=replace(
             self.receiver.config.receive, allowed_peers=fresh.receive.allowed_peers))  # a restarted process too
-        self.receiver.reload()
+        late = self.receiver.reload()
+        if late:
+            _log.warning("config_reload_incomplete", receiver_processes=late,
+                         action="those receiver processes still judge associations by the previous "
+                                "receive.allowed_peers; send SIGHUP again or restart the agent")
         if self.client is not None:
             self.client.retune(fresh.platform)
         applied = sorted(changed & live)
